@@ -1,0 +1,123 @@
+//! Typed configuration: every flag is also an environment variable, and secrets never print.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::migrate::MigrateArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gito-api",
+    version,
+    about = "gito tenant API, migrations and telemetry processor"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve`'s options, so that plain `gito-api` serves.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        env = "GITO_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate the schema (unless GITO_MIGRATE_ON_BOOT=false), then serve HTTP (the default).
+    Serve(ServeConfig),
+    /// Inspect and move the schema version.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        args: MigrateArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL, e.g. postgres://gito:secret@localhost:5432/gito
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub url: DatabaseUrl,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// Address to listen on.
+    #[arg(long, env = "GITO_API_ADDR", default_value = "0.0.0.0:8000")]
+    pub addr: SocketAddr,
+    /// Apply pending migrations before binding the port.
+    #[arg(long, env = "GITO_MIGRATE_ON_BOOT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_boot: bool,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "GITO_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds a request may take before it is answered with 503.
+    #[arg(long, env = "GITO_REQUEST_TIMEOUT_SECS", default_value = "30", value_parser = parse_secs)]
+    pub request_timeout: Duration,
+    /// Connections in the database pool.
+    #[arg(long, env = "GITO_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// A database URL whose `Debug` hides the password.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(DatabaseUrl(s.to_owned()))
+        } else {
+            Err("expected a postgres:// or postgresql:// URL".to_owned())
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keep scheme, host and database; drop the credentials.
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("postgres", &self.0));
+        let host_and_db = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        write!(f, "\"{scheme}://***@{host_and_db}\"")
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: u64 = s
+        .parse()
+        .map_err(|_| format!("expected whole seconds, got {s:?}"))?;
+    if secs == 0 {
+        return Err("must be at least 1 second".to_owned());
+    }
+    Ok(Duration::from_secs(secs))
+}

@@ -1,0 +1,160 @@
+//! Device groups: sets of devices, optionally placed at a site of the tenant.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::{ApiError, in_use};
+use super::extract::{Json, Path, Query};
+use super::fields::{self, MAX_NAME_CHARS};
+use super::page::{Keyed, Page, PageParams};
+use super::{AppState, tenants};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tenants/{tenant_id}/device-groups", get(list).post(create))
+        .route(
+            "/tenants/{tenant_id}/device-groups/{id}",
+            get(read).patch(update).delete(remove),
+        )
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceGroup {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub site_id: Option<Uuid>,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Keyed for DeviceGroup {
+    fn key(&self) -> Uuid {
+        self.id
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDeviceGroup {
+    name: String,
+    site_id: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceGroupPatch {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    site_id: Option<Option<Uuid>>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Json(body): Json<NewDeviceGroup>,
+) -> Result<(StatusCode, Json<DeviceGroup>), ApiError> {
+    let name = fields::text("name", &body.name, MAX_NAME_CHARS)?;
+    let row = sqlx::query_as!(
+        DeviceGroup,
+        "INSERT INTO device_groups (id, tenant_id, site_id, name) VALUES ($1, $2, $3, $4)
+         RETURNING id, tenant_id, site_id, name, created_at, updated_at",
+        Uuid::now_v7(),
+        tenant_id,
+        body.site_id,
+        name
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<Page<DeviceGroup>>, ApiError> {
+    let limit = page.limit()?;
+    let rows = sqlx::query_as!(
+        DeviceGroup,
+        "SELECT id, tenant_id, site_id, name, created_at, updated_at FROM device_groups
+         WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3",
+        tenant_id,
+        page.after()?,
+        limit + 1
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    if rows.is_empty() {
+        tenants::ensure_exists(&state.pool, tenant_id).await?;
+    }
+    Ok(Json(Page::from_rows(rows, limit)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<DeviceGroup>, ApiError> {
+    sqlx::query_as!(
+        DeviceGroup,
+        "SELECT id, tenant_id, site_id, name, created_at, updated_at FROM device_groups
+         WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("device group"))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+    Json(body): Json<DeviceGroupPatch>,
+) -> Result<Json<DeviceGroup>, ApiError> {
+    let name = fields::optional_text("name", body.name.as_deref(), MAX_NAME_CHARS)?;
+    sqlx::query_as!(
+        DeviceGroup,
+        "UPDATE device_groups SET
+             name = COALESCE($3, name),
+             site_id = CASE WHEN $4 THEN $5 ELSE site_id END,
+             updated_at = now()
+         WHERE tenant_id = $1 AND id = $2
+         RETURNING id, tenant_id, site_id, name, created_at, updated_at",
+        tenant_id,
+        id,
+        name,
+        body.site_id.is_some(),
+        body.site_id.flatten()
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("device group"))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = sqlx::query!(
+        "DELETE FROM device_groups WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .execute(&state.pool)
+    .await
+    .map_err(in_use("device group"))?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::NotFound("device group"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,235 @@
+//! Device types: how operators classify devices. A type's `telemetry_schema` describes the
+//! metrics it reports (unit, expected min/max), which dashboards and the processor use.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json as Jsonb;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::{ApiError, in_use};
+use super::extract::{Json, Path, Query};
+use super::fields::{self, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS};
+use super::page::{Keyed, Page, PageParams};
+use super::{AppState, tenants};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tenants/{tenant_id}/device-types", get(list).post(create))
+        .route(
+            "/tenants/{tenant_id}/device-types/{id}",
+            get(read).patch(update).delete(remove),
+        )
+}
+
+/// Metric name → what is expected of it, e.g. `{"CHIMNEY_TEMP": {"unit": "°C", "max": 600}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TelemetrySchema(pub BTreeMap<String, MetricSpec>);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+impl TelemetrySchema {
+    fn validate(&self) -> Result<(), ApiError> {
+        for (metric, spec) in &self.0 {
+            fields::text("telemetry_schema metric name", metric, MAX_NAME_CHARS)?;
+            fields::optional_text(
+                "telemetry_schema unit",
+                spec.unit.as_deref(),
+                MAX_NAME_CHARS,
+            )?;
+            if let (Some(min), Some(max)) = (spec.min, spec.max) {
+                if min > max {
+                    return Err(ApiError::unprocessable(
+                        "invalid_field",
+                        format!("telemetry_schema.{metric}: min must not exceed max"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceType {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub telemetry_schema: Option<Jsonb<TelemetrySchema>>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Keyed for DeviceType {
+    fn key(&self) -> Uuid {
+        self.id
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDeviceType {
+    name: String,
+    description: Option<String>,
+    telemetry_schema: Option<TelemetrySchema>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceTypePatch {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    telemetry_schema: Option<Option<TelemetrySchema>>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Json(body): Json<NewDeviceType>,
+) -> Result<(StatusCode, Json<DeviceType>), ApiError> {
+    let name = fields::text("name", &body.name, MAX_NAME_CHARS)?;
+    let description = fields::optional_text(
+        "description",
+        body.description.as_deref(),
+        MAX_DESCRIPTION_CHARS,
+    )?;
+    if let Some(schema) = &body.telemetry_schema {
+        schema.validate()?;
+    }
+    let row = sqlx::query_as!(
+        DeviceType,
+        r#"INSERT INTO device_types (id, tenant_id, name, description, telemetry_schema)
+           VALUES ($1, $2, $3, $4, $5)
+           RETURNING id, tenant_id, name, description,
+                     telemetry_schema AS "telemetry_schema: Jsonb<TelemetrySchema>",
+                     created_at, updated_at"#,
+        Uuid::now_v7(),
+        tenant_id,
+        name,
+        description,
+        body.telemetry_schema.map(Jsonb) as _
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<Page<DeviceType>>, ApiError> {
+    let limit = page.limit()?;
+    let rows = sqlx::query_as!(
+        DeviceType,
+        r#"SELECT id, tenant_id, name, description,
+                  telemetry_schema AS "telemetry_schema: Jsonb<TelemetrySchema>",
+                  created_at, updated_at
+           FROM device_types
+           WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"#,
+        tenant_id,
+        page.after()?,
+        limit + 1
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    if rows.is_empty() {
+        tenants::ensure_exists(&state.pool, tenant_id).await?;
+    }
+    Ok(Json(Page::from_rows(rows, limit)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<DeviceType>, ApiError> {
+    sqlx::query_as!(
+        DeviceType,
+        r#"SELECT id, tenant_id, name, description,
+                  telemetry_schema AS "telemetry_schema: Jsonb<TelemetrySchema>",
+                  created_at, updated_at
+           FROM device_types WHERE tenant_id = $1 AND id = $2"#,
+        tenant_id,
+        id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("device type"))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+    Json(body): Json<DeviceTypePatch>,
+) -> Result<Json<DeviceType>, ApiError> {
+    let name = fields::optional_text("name", body.name.as_deref(), MAX_NAME_CHARS)?;
+    let description = match &body.description {
+        Some(Some(d)) => Some(fields::text("description", d, MAX_DESCRIPTION_CHARS)?),
+        _ => None,
+    };
+    if let Some(Some(schema)) = &body.telemetry_schema {
+        schema.validate()?;
+    }
+    sqlx::query_as!(
+        DeviceType,
+        r#"UPDATE device_types SET
+               name = COALESCE($3, name),
+               description = CASE WHEN $4 THEN $5 ELSE description END,
+               telemetry_schema = CASE WHEN $6 THEN $7 ELSE telemetry_schema END,
+               updated_at = now()
+           WHERE tenant_id = $1 AND id = $2
+           RETURNING id, tenant_id, name, description,
+                     telemetry_schema AS "telemetry_schema: Jsonb<TelemetrySchema>",
+                     created_at, updated_at"#,
+        tenant_id,
+        id,
+        name,
+        body.description.is_some(),
+        description,
+        body.telemetry_schema.is_some(),
+        body.telemetry_schema.flatten().map(Jsonb) as _
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("device type"))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = sqlx::query!(
+        "DELETE FROM device_types WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .execute(&state.pool)
+    .await
+    .map_err(in_use("device type"))?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::NotFound("device type"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

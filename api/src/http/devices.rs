@@ -1,0 +1,292 @@
+//! Devices of a tenant. The bridge creates them idempotently by `external_id` (its MQTT device
+//! path) with no device type; operators classify them later with PATCH.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
+use super::fields::{self, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS};
+use super::page::{self, Keyed, Page};
+use super::{AppState, tenants};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tenants/{tenant_id}/devices", get(list).post(create))
+        .route(
+            "/tenants/{tenant_id}/devices/{id}",
+            get(read).patch(update).delete(remove),
+        )
+}
+
+#[derive(Debug, Serialize)]
+pub struct Device {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub external_id: Option<String>,
+    pub device_type: Option<String>,
+    pub device_type_id: Option<Uuid>,
+    pub organization_id: Option<Uuid>,
+    pub site_id: Option<Uuid>,
+    pub device_group_id: Option<Uuid>,
+    pub status: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Keyed for Device {
+    fn key(&self) -> Uuid {
+        self.id
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDevice {
+    name: String,
+    external_id: Option<String>,
+    device_type: Option<String>,
+    device_type_id: Option<Uuid>,
+    organization_id: Option<Uuid>,
+    site_id: Option<Uuid>,
+    device_group_id: Option<Uuid>,
+}
+
+/// Absent fields are kept; `null` clears a nullable one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicePatch {
+    name: Option<String>,
+    status: Option<String>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    device_type: Option<Option<String>>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    device_type_id: Option<Option<Uuid>>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    organization_id: Option<Option<Uuid>>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    site_id: Option<Option<Uuid>>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    device_group_id: Option<Option<Uuid>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceFilter {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    device_type: Option<String>,
+    device_type_id: Option<Uuid>,
+    /// Only devices nobody has classified yet (no `device_type_id`).
+    #[serde(default)]
+    unassigned: bool,
+    external_id: Option<String>,
+}
+
+/// 201 with the new device, or 200 with the existing one when `external_id` is already known.
+async fn create(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Json(body): Json<NewDevice>,
+) -> Result<(StatusCode, Json<Device>), ApiError> {
+    let name = fields::text("name", &body.name, MAX_NAME_CHARS)?;
+    let external_id = fields::optional_text(
+        "external_id",
+        body.external_id.as_deref(),
+        MAX_EXTERNAL_ID_CHARS,
+    )?;
+    let device_type =
+        fields::optional_text("device_type", body.device_type.as_deref(), MAX_NAME_CHARS)?;
+    // One statement, safe under concurrent calls: on a known external_id the no-op update
+    // returns the existing row, and `xmax = 0` tells a fresh insert from it.
+    let row = sqlx::query_as!(
+        Upserted,
+        r#"INSERT INTO devices (id, tenant_id, name, external_id, device_type, device_type_id,
+                               organization_id, site_id, device_group_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (tenant_id, external_id) DO UPDATE SET external_id = EXCLUDED.external_id
+           RETURNING id, tenant_id, name, external_id, device_type, device_type_id,
+                     organization_id, site_id, device_group_id, status, last_seen_at,
+                     created_at, updated_at, (xmax = 0) AS "created!""#,
+        Uuid::now_v7(),
+        tenant_id,
+        name,
+        external_id,
+        device_type,
+        body.device_type_id,
+        body.organization_id,
+        body.site_id,
+        body.device_group_id
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    let status = if row.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(row.into())))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Query(filter): Query<DeviceFilter>,
+) -> Result<Json<Page<Device>>, ApiError> {
+    let limit = page::limit(filter.limit)?;
+    let rows = sqlx::query_as!(
+        Device,
+        "SELECT id, tenant_id, name, external_id, device_type, device_type_id, organization_id,
+                site_id, device_group_id, status, last_seen_at, created_at, updated_at
+         FROM devices
+         WHERE tenant_id = $1
+           AND ($2::uuid IS NULL OR id > $2)
+           AND ($3::text IS NULL OR device_type = $3)
+           AND ($4::uuid IS NULL OR device_type_id = $4)
+           AND (NOT $5 OR device_type_id IS NULL)
+           AND ($6::text IS NULL OR external_id = $6)
+         ORDER BY id LIMIT $7",
+        tenant_id,
+        page::cursor(filter.cursor.as_deref())?,
+        filter.device_type,
+        filter.device_type_id,
+        filter.unassigned,
+        filter.external_id,
+        limit + 1
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    if rows.is_empty() {
+        tenants::ensure_exists(&state.pool, tenant_id).await?;
+    }
+    Ok(Json(Page::from_rows(rows, limit)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<Device>, ApiError> {
+    sqlx::query_as!(
+        Device,
+        "SELECT id, tenant_id, name, external_id, device_type, device_type_id, organization_id,
+                site_id, device_group_id, status, last_seen_at, created_at, updated_at
+         FROM devices WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("device"))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+    Json(body): Json<DevicePatch>,
+) -> Result<Json<Device>, ApiError> {
+    let name = fields::optional_text("name", body.name.as_deref(), MAX_NAME_CHARS)?;
+    let device_type = match &body.device_type {
+        Some(Some(t)) => Some(fields::text("device_type", t, MAX_NAME_CHARS)?),
+        _ => None,
+    };
+    sqlx::query_as!(
+        Device,
+        "UPDATE devices SET
+             name = COALESCE($3, name),
+             status = COALESCE($4, status),
+             device_type = CASE WHEN $5 THEN $6 ELSE device_type END,
+             device_type_id = CASE WHEN $7 THEN $8 ELSE device_type_id END,
+             organization_id = CASE WHEN $9 THEN $10 ELSE organization_id END,
+             site_id = CASE WHEN $11 THEN $12 ELSE site_id END,
+             device_group_id = CASE WHEN $13 THEN $14 ELSE device_group_id END,
+             updated_at = now()
+         WHERE tenant_id = $1 AND id = $2
+         RETURNING id, tenant_id, name, external_id, device_type, device_type_id,
+                   organization_id, site_id, device_group_id, status, last_seen_at,
+                   created_at, updated_at",
+        tenant_id,
+        id,
+        name,
+        body.status,
+        body.device_type.is_some(),
+        device_type,
+        body.device_type_id.is_some(),
+        body.device_type_id.flatten(),
+        body.organization_id.is_some(),
+        body.organization_id.flatten(),
+        body.site_id.is_some(),
+        body.site_id.flatten(),
+        body.device_group_id.is_some(),
+        body.device_group_id.flatten()
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("device"))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = sqlx::query!(
+        "DELETE FROM devices WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .execute(&state.pool)
+    .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::NotFound("device"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A device as returned by the idempotent insert, with whether it was new.
+struct Upserted {
+    id: Uuid,
+    tenant_id: Uuid,
+    name: String,
+    external_id: Option<String>,
+    device_type: Option<String>,
+    device_type_id: Option<Uuid>,
+    organization_id: Option<Uuid>,
+    site_id: Option<Uuid>,
+    device_group_id: Option<Uuid>,
+    status: String,
+    last_seen_at: Option<OffsetDateTime>,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+    created: bool,
+}
+
+impl From<Upserted> for Device {
+    fn from(u: Upserted) -> Self {
+        Device {
+            id: u.id,
+            tenant_id: u.tenant_id,
+            name: u.name,
+            external_id: u.external_id,
+            device_type: u.device_type,
+            device_type_id: u.device_type_id,
+            organization_id: u.organization_id,
+            site_id: u.site_id,
+            device_group_id: u.device_group_id,
+            status: u.status,
+            last_seen_at: u.last_seen_at,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}

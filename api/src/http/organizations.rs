@@ -1,0 +1,150 @@
+//! Organizations: the top of a tenant's hierarchy (organization > site > device group).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::{ApiError, in_use};
+use super::extract::{Json, Path, Query};
+use super::fields::{self, MAX_NAME_CHARS};
+use super::page::{Keyed, Page, PageParams};
+use super::{AppState, tenants};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tenants/{tenant_id}/organizations", get(list).post(create))
+        .route(
+            "/tenants/{tenant_id}/organizations/{id}",
+            get(read).patch(update).delete(remove),
+        )
+}
+
+#[derive(Debug, Serialize)]
+pub struct Organization {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Keyed for Organization {
+    fn key(&self) -> Uuid {
+        self.id
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrganization {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrganizationPatch {
+    name: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Json(body): Json<NewOrganization>,
+) -> Result<(StatusCode, Json<Organization>), ApiError> {
+    let name = fields::text("name", &body.name, MAX_NAME_CHARS)?;
+    let row = sqlx::query_as!(
+        Organization,
+        "INSERT INTO organizations (id, tenant_id, name) VALUES ($1, $2, $3)
+         RETURNING id, tenant_id, name, created_at, updated_at",
+        Uuid::now_v7(),
+        tenant_id,
+        name
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<Page<Organization>>, ApiError> {
+    let limit = page.limit()?;
+    let rows = sqlx::query_as!(
+        Organization,
+        "SELECT id, tenant_id, name, created_at, updated_at FROM organizations
+         WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3",
+        tenant_id,
+        page.after()?,
+        limit + 1
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    if rows.is_empty() {
+        tenants::ensure_exists(&state.pool, tenant_id).await?;
+    }
+    Ok(Json(Page::from_rows(rows, limit)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<Organization>, ApiError> {
+    sqlx::query_as!(
+        Organization,
+        "SELECT id, tenant_id, name, created_at, updated_at FROM organizations
+         WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("organization"))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+    Json(body): Json<OrganizationPatch>,
+) -> Result<Json<Organization>, ApiError> {
+    let name = fields::optional_text("name", body.name.as_deref(), MAX_NAME_CHARS)?;
+    sqlx::query_as!(
+        Organization,
+        "UPDATE organizations SET name = COALESCE($3, name), updated_at = now()
+         WHERE tenant_id = $1 AND id = $2
+         RETURNING id, tenant_id, name, created_at, updated_at",
+        tenant_id,
+        id,
+        name
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("organization"))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = sqlx::query!(
+        "DELETE FROM organizations WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .execute(&state.pool)
+    .await
+    .map_err(in_use("organization"))?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::NotFound("organization"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

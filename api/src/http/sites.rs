@@ -1,0 +1,160 @@
+//! Sites: places where devices are installed, optionally under an organization of the tenant.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::{ApiError, in_use};
+use super::extract::{Json, Path, Query};
+use super::fields::{self, MAX_NAME_CHARS};
+use super::page::{Keyed, Page, PageParams};
+use super::{AppState, tenants};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tenants/{tenant_id}/sites", get(list).post(create))
+        .route(
+            "/tenants/{tenant_id}/sites/{id}",
+            get(read).patch(update).delete(remove),
+        )
+}
+
+#[derive(Debug, Serialize)]
+pub struct Site {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub organization_id: Option<Uuid>,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Keyed for Site {
+    fn key(&self) -> Uuid {
+        self.id
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSite {
+    name: String,
+    organization_id: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SitePatch {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    organization_id: Option<Option<Uuid>>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Json(body): Json<NewSite>,
+) -> Result<(StatusCode, Json<Site>), ApiError> {
+    let name = fields::text("name", &body.name, MAX_NAME_CHARS)?;
+    let row = sqlx::query_as!(
+        Site,
+        "INSERT INTO sites (id, tenant_id, organization_id, name) VALUES ($1, $2, $3, $4)
+         RETURNING id, tenant_id, organization_id, name, created_at, updated_at",
+        Uuid::now_v7(),
+        tenant_id,
+        body.organization_id,
+        name
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<Page<Site>>, ApiError> {
+    let limit = page.limit()?;
+    let rows = sqlx::query_as!(
+        Site,
+        "SELECT id, tenant_id, organization_id, name, created_at, updated_at FROM sites
+         WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3",
+        tenant_id,
+        page.after()?,
+        limit + 1
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    if rows.is_empty() {
+        tenants::ensure_exists(&state.pool, tenant_id).await?;
+    }
+    Ok(Json(Page::from_rows(rows, limit)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<Site>, ApiError> {
+    sqlx::query_as!(
+        Site,
+        "SELECT id, tenant_id, organization_id, name, created_at, updated_at FROM sites
+         WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("site"))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+    Json(body): Json<SitePatch>,
+) -> Result<Json<Site>, ApiError> {
+    let name = fields::optional_text("name", body.name.as_deref(), MAX_NAME_CHARS)?;
+    sqlx::query_as!(
+        Site,
+        "UPDATE sites SET
+             name = COALESCE($3, name),
+             organization_id = CASE WHEN $4 THEN $5 ELSE organization_id END,
+             updated_at = now()
+         WHERE tenant_id = $1 AND id = $2
+         RETURNING id, tenant_id, organization_id, name, created_at, updated_at",
+        tenant_id,
+        id,
+        name,
+        body.organization_id.is_some(),
+        body.organization_id.flatten()
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("site"))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = sqlx::query!(
+        "DELETE FROM sites WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .execute(&state.pool)
+    .await
+    .map_err(in_use("site"))?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::NotFound("site"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

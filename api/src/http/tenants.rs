@@ -1,0 +1,109 @@
+//! Tenants: the unit of isolation. Every other route lives under `/tenants/{tenant_id}`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
+use super::fields::{self, MAX_NAME_CHARS};
+use super::page::{Keyed, Page, PageParams};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tenants", get(list).post(create))
+        .route("/tenants/{tenant_id}", get(read))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Keyed for Tenant {
+    fn key(&self) -> Uuid {
+        self.id
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    name: String,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<NewTenant>,
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+    let name = fields::text("name", &body.name, MAX_NAME_CHARS)?;
+    let tenant = sqlx::query_as!(
+        Tenant,
+        "INSERT INTO tenants (id, name) VALUES ($1, $2)
+         RETURNING id, name, created_at, updated_at",
+        Uuid::now_v7(),
+        name
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<Page<Tenant>>, ApiError> {
+    let limit = page.limit()?;
+    let rows = sqlx::query_as!(
+        Tenant,
+        "SELECT id, name, created_at, updated_at FROM tenants
+         WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+        page.after()?,
+        limit + 1
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(Page::from_rows(rows, limit)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+) -> Result<Json<Tenant>, ApiError> {
+    sqlx::query_as!(
+        Tenant,
+        "SELECT id, name, created_at, updated_at FROM tenants WHERE id = $1",
+        tenant_id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("tenant"))
+}
+
+/// Lists under a tenant come back empty both for a tenant with nothing and for no tenant at
+/// all; only in that (rare) case do we spend a query telling the two apart.
+pub async fn ensure_exists(db: &PgPool, tenant_id: Uuid) -> Result<(), ApiError> {
+    let exists = sqlx::query_scalar!(
+        "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1) AS \"exists!\"",
+        tenant_id
+    )
+    .fetch_one(db)
+    .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("tenant"))
+    }
+}

@@ -1,0 +1,58 @@
+//! Schema migrations with the operators' Alembic vocabulary (current, history, up, down, stamp,
+//! new). The runner is our own, on top of the files `sqlx::migrate!` embeds, because the
+//! operators rely on what sqlx's runner does not do: refusing out-of-order and unknown versions,
+//! stamping, stepping down, and the "Running upgrade" log lines they grep for.
+
+mod catalog;
+
+mod runner;
+
+pub use catalog::{Catalog, Migration};
+pub mod commands;
+pub use commands::{MigrateArgs, MigrateCommand, new_migration};
+pub use runner::{Applied, DownTarget, Status, down, stamp, status, up};
+
+/// Why a migration command or a boot-time migration stopped. Each variant reads as one line
+/// that names the version and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(
+        "the database has migration {name} applied, which this gito-api does not know \
+         (database newer than code): deploy the gito-api that has it, or roll it back with that binary"
+    )]
+    UnknownApplied { name: String },
+    #[error(
+        "migration {name} ({file}) was modified after it was applied (checksum differs): \
+         restore the file and put the change in a new migration"
+    )]
+    Modified { name: String, file: String },
+    #[error(
+        "migration {name} ({file}) is pending but older than the newest applied migration {newest} \
+         (branches merged out of order): renumber it after {newest}"
+    )]
+    OutOfOrder {
+        name: String,
+        file: String,
+        newest: String,
+    },
+    #[error("migration {name} ({file}) failed: {reason}")]
+    Failed {
+        name: String,
+        file: String,
+        reason: String,
+    },
+    #[error("migration {name} has no down migration ({file} is missing)")]
+    Irreversible { name: String, file: String },
+    #[error("unknown migration version {0:?} (try `gito-api migrate history`)")]
+    UnknownVersion(String),
+    #[error("two migrations share version {0:03}: give one of them the next free number")]
+    DuplicateVersion(i64),
+    #[error("cannot read migrations: {0}")]
+    Source(String),
+    #[error("invalid migration name {0:?}: use lower-case letters, digits and underscores")]
+    InvalidName(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

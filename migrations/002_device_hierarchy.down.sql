@@ -1,0 +1,3 @@
+DROP TABLE device_groups;
+DROP TABLE sites;
+DROP TABLE organizations;
