@@ -52,13 +52,13 @@ impl TelemetrySchema {
                 spec.unit.as_deref(),
                 MAX_NAME_CHARS,
             )?;
-            if let (Some(min), Some(max)) = (spec.min, spec.max) {
-                if min > max {
-                    return Err(ApiError::unprocessable(
-                        "invalid_field",
-                        format!("telemetry_schema.{metric}: min must not exceed max"),
-                    ));
-                }
+            if let (Some(min), Some(max)) = (spec.min, spec.max)
+                && min > max
+            {
+                return Err(ApiError::unprocessable(
+                    "invalid_field",
+                    format!("telemetry_schema.{metric}: min must not exceed max"),
+                ));
             }
         }
         Ok(())

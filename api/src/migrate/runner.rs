@@ -73,20 +73,18 @@ pub async fn up(
     locked(database_url, async |conn| {
         let status = read_status(conn, catalog).await?;
         check_applied(&status, catalog)?;
-        let newest = status.current().map(|a| a.name.clone());
-        if let (Some(newest), Some(oldest_pending)) = (&newest, status.pending.first()) {
-            if status
-                .applied
-                .iter()
-                .any(|a| a.version > oldest_pending.version)
-            {
-                return Err(MigrateError::OutOfOrder {
-                    name: oldest_pending.name.clone(),
-                    file: oldest_pending.up_file(),
-                    newest: newest.clone(),
-                });
-            }
+        // Both lists are sorted: a pending migration below the newest applied one means two
+        // branches were merged out of order, and applying it now would skip its place.
+        if let (Some(newest), Some(oldest)) = (status.current(), status.pending.first())
+            && oldest.version < newest.version
+        {
+            return Err(MigrateError::OutOfOrder {
+                name: oldest.name.clone(),
+                file: oldest.up_file(),
+                newest: newest.name.clone(),
+            });
         }
+        let newest = status.current().map(|a| a.name.clone());
         let mut from = newest.unwrap_or_else(|| "base".to_owned());
         let mut done = Vec::new();
         for m in status

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole check, exactly as CI runs it (.ci/run calls this script):
+#   1. make sure PostgreSQL (and Mosquitto, for the MQTT tests) are installed and running,
+#      installing them with apt-get on Debian/Ubuntu when missing;
+#   2. cargo fmt --check, clippy with -D warnings, and the sqlx offline-data check;
+#   3. the whole test suite, ending with one "N passed, N failed" line.
+#
+# DATABASE_URL, when set, names the PostgreSQL server the tests use (they create one database
+# per test on it); otherwise the local server on 127.0.0.1:5432 is used, and set up if needed.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+SQLX_CLI_VERSION=0.9.0
+
+ensure_postgres
+ensure_mosquitto
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+export SQLX_OFFLINE=true
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "sqlx offline query data (.sqlx/) matches the queries and the schema"
+if ! cargo sqlx --version 2>/dev/null | grep -q " ${SQLX_CLI_VERSION}$"; then
+  cargo install sqlx-cli --version "${SQLX_CLI_VERSION}" --locked --no-default-features --features postgres,rustls
+fi
+check_db="$(database_url gito_sqlx_check)"
+psql_admin -c "DROP DATABASE IF EXISTS gito_sqlx_check WITH (FORCE)" -c "CREATE DATABASE gito_sqlx_check"
+cargo build --locked -p gito-api --bin gito-api
+DATABASE_URL="$check_db" ./target/debug/gito-api migrate up
+DATABASE_URL="$check_db" SQLX_OFFLINE=false cargo sqlx prepare --workspace --check -- --all-targets
+
+step "tests"
+drop_test_databases
+export GITO_TEST_DATABASE_URL="$PG_URL"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+drop_test_databases
+echo
+echo "tests: ${passed} passed, ${failed} failed"
+exit "$status"
