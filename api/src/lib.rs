@@ -7,3 +7,5 @@ pub mod http;
 pub mod logging;
 pub mod migrate;
 pub mod startup;
+#[cfg(feature = "testing")]
+pub mod testing;

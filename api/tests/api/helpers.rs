@@ -6,95 +6,33 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gito_api::config::{DatabaseConfig, ServeConfig};
-use gito_api::startup::Server;
 use reqwest::StatusCode;
 use serde_json::Value;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The server the tests create their databases on (any database of it; we only use it to
-/// create others). Defaults to the local trust-auth PostgreSQL.
-pub fn server_url() -> String {
-    std::env::var("GITO_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A database of its own for one test. test.sh drops leftovers (`gito_test_*`) before a run.
-pub struct TestDb {
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn new() -> TestDb {
-        let server = server_url();
-        let name = format!("gito_test_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&server)
-            .await
-            .expect("connect to test PostgreSQL");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        admin.close().await.ok();
-        let (base, _) = server.rsplit_once('/').expect("database URL has a path");
-        TestDb {
-            url: format!("{base}/{name}"),
-        }
-    }
-
-    pub async fn connect(&self) -> PgConnection {
-        PgConnection::connect(&self.url)
-            .await
-            .expect("connect to test database")
-    }
-}
-
-pub fn serve_config(db_url: &str) -> ServeConfig {
-    ServeConfig {
-        database: DatabaseConfig {
-            url: db_url.parse().expect("postgres URL"),
-        },
-        addr: "127.0.0.1:0".parse().expect("socket address"),
-        migrate_on_boot: true,
-        max_body_bytes: 64 * 1024,
-        request_timeout: Duration::from_secs(10),
-        db_max_connections: 4,
-    }
-}
+pub use gito_api::testing::{TestApi, TestDb};
 
 /// The API served in-process on a random port against a fresh, migrated database.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub pool: PgPool,
     pub client: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+    _api: TestApi,
 }
 
 impl TestApp {
     pub async fn spawn() -> TestApp {
         let db = TestDb::new().await;
-        let server = Server::build(&serve_config(&db.url))
-            .await
-            .expect("server builds");
-        let addr = server.local_addr().expect("bound");
-        let shutdown = CancellationToken::new();
-        tokio::spawn(server.run(shutdown.clone()));
+        let api = TestApi::start(&db.url, "127.0.0.1:0".parse().expect("address")).await;
         let pool = PgPool::connect(&db.url).await.expect("test pool");
         TestApp {
-            addr,
+            addr: api.addr,
             pool,
             client: reqwest::Client::new(),
-            shutdown,
+            _api: api,
         }
     }
 

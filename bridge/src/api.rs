@@ -1,0 +1,125 @@
+//! Finds the gito device of a topic's device path, creating it on first sight through the API's
+//! idempotent `POST /tenants/{tenant_id}/devices`. Known ids are cached; after a restart the
+//! cache refills through the same call, which returns the existing device.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+use uuid::Uuid;
+
+use crate::config::Secret;
+use crate::mapping::Mapped;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// Worth retrying: the API is down, overloaded, or refuses our token for now.
+    #[error("gito-api unavailable: {0}")]
+    Unavailable(String),
+    /// The API will never accept this device (e.g. unknown tenant, invalid field).
+    #[error("gito-api refused the device ({status}): {body}")]
+    Rejected { status: StatusCode, body: String },
+}
+
+pub struct DeviceResolver {
+    http: reqwest::Client,
+    devices_url: Url,
+    token: Option<Secret>,
+    cache: Mutex<HashMap<String, Uuid>>,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: Uuid,
+}
+
+impl DeviceResolver {
+    pub fn new(api_url: &Url, tenant_id: Uuid, token: Option<Secret>) -> anyhow::Result<Self> {
+        let devices_url = api_url.join(&format!("tenants/{tenant_id}/devices"))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .build()?;
+        Ok(DeviceResolver {
+            http,
+            devices_url,
+            token,
+            cache: Mutex::default(),
+        })
+    }
+
+    pub fn cached(&self, external_id: &str) -> Option<Uuid> {
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .get(external_id)
+            .copied()
+    }
+
+    /// The device id for `mapped`, from the cache or the API.
+    pub async fn resolve(&self, mapped: &Mapped, metrics: &Metrics) -> Result<Uuid, ResolveError> {
+        if let Some(id) = self.cached(&mapped.external_id) {
+            return Ok(id);
+        }
+        let result = self.create(mapped).await;
+        match &result {
+            Ok((id, created)) => {
+                if *created {
+                    Metrics::add(&metrics.devices_created, 1);
+                    tracing::info!(device_id = %id, external_id = %mapped.external_id, "device created");
+                }
+                self.cache
+                    .lock()
+                    .expect("cache lock")
+                    .insert(mapped.external_id.clone(), *id);
+            }
+            Err(e) => {
+                Metrics::add(&metrics.api_errors, 1);
+                tracing::warn!(external_id = %mapped.external_id, error = %e, "device lookup failed");
+            }
+        }
+        result.map(|(id, _)| id)
+    }
+
+    async fn create(&self, mapped: &Mapped) -> Result<(Uuid, bool), ResolveError> {
+        let mut request = self.http.post(self.devices_url.clone()).json(&json!({
+            "name": mapped.name,
+            "external_id": mapped.external_id,
+            "device_type": mapped.device_type,
+        }));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            let created: Created = response
+                .json()
+                .await
+                .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+            return Ok((created.id, status == StatusCode::CREATED));
+        }
+        let body = response.text().await.unwrap_or_default();
+        let transient = status.is_server_error()
+            || matches!(
+                status,
+                StatusCode::UNAUTHORIZED
+                    | StatusCode::FORBIDDEN
+                    | StatusCode::REQUEST_TIMEOUT
+                    | StatusCode::TOO_MANY_REQUESTS
+            );
+        if transient {
+            Err(ResolveError::Unavailable(format!("{status}: {body}")))
+        } else {
+            Err(ResolveError::Rejected { status, body })
+        }
+    }
+}

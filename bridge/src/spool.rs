@@ -1,0 +1,416 @@
+//! The on-disk spool: where messages wait, in arrival order, while they cannot be republished
+//! (the API is down for a new device, or the local broker is). Appending fsyncs before the caller
+//! acknowledges the external broker, so an acknowledged message survives a crash.
+//!
+//! Layout: `NNNNNNNNNNNNNNNNNNNN.seg` files of records `[len u32][crc32 u32][JSON]`, and a
+//! `cursor` file "segment offset" naming the first record not yet republished. A torn record at
+//! the end (a crash mid-write) is cut off on open. Past `max_bytes` whole segments are dropped,
+//! oldest first, and counted.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::mapping::Mapped;
+
+const HEADER: usize = 8;
+
+/// What the spool keeps of a message: enough to find or create its device and republish it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub external_id: String,
+    pub name: String,
+    pub device_type: Option<String>,
+    /// Known when the message was spooled because the local broker was down.
+    pub device_id: Option<Uuid>,
+    pub envelope: Envelope,
+}
+
+impl Record {
+    pub fn mapped(&self) -> Mapped {
+        Mapped {
+            external_id: self.external_id.clone(),
+            name: self.name.clone(),
+            device_type: self.device_type.clone(),
+            metric: String::new(),
+        }
+    }
+}
+
+/// Where a read ended; pass it to `commit` once those records are safely republished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    segment: u64,
+    offset: u64,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    /// Oldest first; the last one is written to.
+    segments: Vec<u64>,
+    write: File,
+    write_len: u64,
+    cursor: Position,
+    total_bytes: u64,
+    /// Records in the spool, counted on open and kept up to date.
+    records: u64,
+}
+
+impl Spool {
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
+        fs::create_dir_all(dir)?;
+        let mut segments: Vec<u64> = fs::read_dir(dir)?
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".seg")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        segments.sort_unstable();
+        if segments.is_empty() {
+            segments.push(0);
+        }
+        let cursor = read_cursor(dir)?.unwrap_or(Position {
+            segment: segments[0],
+            offset: 0,
+        });
+        // Segments before the cursor were fully republished (a crash between commit and delete).
+        for old in segments.iter().filter(|s| **s < cursor.segment) {
+            fs::remove_file(segment_path(dir, *old))?;
+        }
+        segments.retain(|s| *s >= cursor.segment);
+        if segments.is_empty() {
+            segments.push(cursor.segment);
+        }
+        let last = *segments.last().expect("at least one segment");
+        let write_len = valid_length(&segment_path(dir, last))?;
+        let write = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(dir, last))?;
+        write.set_len(write_len)?;
+        let mut spool = Spool {
+            dir: dir.to_owned(),
+            max_bytes,
+            segment_bytes: (max_bytes / 4).clamp(4096, 16 << 20),
+            segments,
+            write,
+            write_len,
+            cursor,
+            total_bytes: 0,
+            records: 0,
+        };
+        spool.total_bytes = spool.segments.iter().map(|s| spool.segment_len(*s)).sum();
+        spool.records = spool.count_from(cursor)?;
+        Ok(spool)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    pub fn len(&self) -> u64 {
+        self.records
+    }
+
+    /// Appends and fsyncs; returns how many old records were dropped to stay under the bound.
+    pub fn append(&mut self, records: &[Record]) -> io::Result<u64> {
+        let mut buffer = Vec::new();
+        for record in records {
+            let json = serde_json::to_vec(record).map_err(io::Error::other)?;
+            let len = u32::try_from(json.len()).map_err(io::Error::other)?;
+            buffer.extend_from_slice(&len.to_le_bytes());
+            buffer.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+            buffer.extend_from_slice(&json);
+        }
+        if self.write_len > 0 && self.write_len + buffer.len() as u64 > self.segment_bytes {
+            self.rotate()?;
+        }
+        self.write.write_all(&buffer)?;
+        self.write.sync_data()?;
+        self.write_len += buffer.len() as u64;
+        self.total_bytes += buffer.len() as u64;
+        self.records += records.len() as u64;
+        let mut dropped = 0;
+        while self.total_bytes > self.max_bytes && self.segments.len() > 1 {
+            dropped += self.drop_oldest()?;
+        }
+        Ok(dropped)
+    }
+
+    /// Up to `max` records from the cursor on, and the position after them.
+    pub fn read(&self, max: usize) -> io::Result<(Vec<Record>, Position)> {
+        let mut records = Vec::new();
+        let mut position = self.cursor;
+        for segment in self
+            .segments
+            .iter()
+            .copied()
+            .filter(|s| *s >= self.cursor.segment)
+        {
+            if segment > position.segment {
+                position = Position { segment, offset: 0 };
+            }
+            let mut reader = BufReader::new(File::open(segment_path(&self.dir, segment))?);
+            reader.seek(SeekFrom::Start(position.offset))?;
+            while records.len() < max {
+                match read_record(&mut reader)? {
+                    Some((record, size)) => {
+                        records.push(record);
+                        position.offset += size;
+                    }
+                    None => break,
+                }
+            }
+            if records.len() >= max {
+                break;
+            }
+        }
+        Ok((records, position))
+    }
+
+    /// Marks everything before `position` as republished.
+    pub fn commit(&mut self, position: Position, records: u64) -> io::Result<()> {
+        if position < self.cursor {
+            // Those records were dropped (and counted) while they were being republished.
+            return Ok(());
+        }
+        self.cursor = position;
+        self.records = self.records.saturating_sub(records);
+        write_cursor(&self.dir, position)?;
+        while self.segments.len() > 1 && self.segments[0] < position.segment {
+            let old = self.segments.remove(0);
+            self.total_bytes -= self.segment_len(old);
+            fs::remove_file(segment_path(&self.dir, old))?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let next = self.segments.last().copied().unwrap_or(0) + 1;
+        self.write = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&self.dir, next))?;
+        self.segments.push(next);
+        self.write_len = 0;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn drop_oldest(&mut self) -> io::Result<u64> {
+        let oldest = self.segments.remove(0);
+        let from = if oldest == self.cursor.segment {
+            self.cursor.offset
+        } else {
+            0
+        };
+        let mut reader = BufReader::new(File::open(segment_path(&self.dir, oldest))?);
+        reader.seek(SeekFrom::Start(from))?;
+        let mut dropped = 0;
+        while read_record(&mut reader)?.is_some() {
+            dropped += 1;
+        }
+        self.total_bytes -= self.segment_len(oldest);
+        self.cursor = Position {
+            segment: self.segments[0],
+            offset: 0,
+        };
+        write_cursor(&self.dir, self.cursor)?;
+        fs::remove_file(segment_path(&self.dir, oldest))?;
+        self.records = self.records.saturating_sub(dropped);
+        Ok(dropped)
+    }
+
+    fn segment_len(&self, segment: u64) -> u64 {
+        fs::metadata(segment_path(&self.dir, segment))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    fn count_from(&self, from: Position) -> io::Result<u64> {
+        let mut count = 0;
+        for segment in self.segments.iter().copied() {
+            let mut reader = BufReader::new(File::open(segment_path(&self.dir, segment))?);
+            if segment == from.segment {
+                reader.seek(SeekFrom::Start(from.offset))?;
+            }
+            while read_record(&mut reader)?.is_some() {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.seg"))
+}
+
+/// Reads one record; `None` at the end or at a torn/corrupt tail.
+fn read_record(reader: &mut impl Read) -> io::Result<Option<(Record, u64)>> {
+    let mut header = [0u8; HEADER];
+    if !read_full(reader, &mut header)? {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let mut body = vec![0; len];
+    if !read_full(reader, &mut body)? || crc32fast::hash(&body) != crc {
+        return Ok(None);
+    }
+    let record = serde_json::from_slice(&body).map_err(io::Error::other)?;
+    Ok(Some((record, (HEADER + len) as u64)))
+}
+
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => return Ok(false),
+            n => filled += n,
+        }
+    }
+    Ok(true)
+}
+
+/// The length of the valid prefix of a segment (everything up to a torn record).
+fn valid_length(path: &Path) -> io::Result<u64> {
+    let Ok(file) = File::open(path) else {
+        return Ok(0);
+    };
+    let mut reader = BufReader::new(file);
+    let mut len = 0;
+    while let Some((_, size)) = read_record(&mut reader)? {
+        len += size;
+    }
+    Ok(len)
+}
+
+fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
+    match fs::read_to_string(dir.join("cursor")) {
+        Ok(text) => {
+            let mut parts = text.split_whitespace().map(str::parse::<u64>);
+            match (parts.next(), parts.next()) {
+                (Some(Ok(segment)), Some(Ok(offset))) => Ok(Some(Position { segment, offset })),
+                _ => Err(io::Error::other(format!(
+                    "corrupt spool cursor in {}",
+                    dir.display()
+                ))),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_cursor(dir: &Path, position: Position) -> io::Result<()> {
+    let tmp = dir.join("cursor.tmp");
+    let mut file = File::create(&tmp)?;
+    write!(file, "{} {}", position.segment, position.offset)?;
+    file.sync_data()?;
+    fs::rename(tmp, dir.join("cursor"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::payload::MetricValue;
+
+    fn record(i: u64) -> Record {
+        Record {
+            external_id: format!("dev/{i}"),
+            name: format!("dev/{i}"),
+            device_type: Some("dev".into()),
+            device_id: None,
+            envelope: Envelope {
+                ts: OffsetDateTime::UNIX_EPOCH,
+                source_topic: format!("dev/{i}/v"),
+                metrics: BTreeMap::from([("v".into(), MetricValue::Number(i as f64))]),
+            },
+        }
+    }
+
+    fn ids(records: &[Record]) -> Vec<String> {
+        records.iter().map(|r| r.external_id.clone()).collect()
+    }
+
+    #[test]
+    fn records_come_back_in_order_across_reopen_and_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
+        spool
+            .append(&(0..5).map(record).collect::<Vec<_>>())
+            .expect("append");
+        let (first, position) = spool.read(2).expect("read");
+        assert_eq!(ids(&first), ["dev/0", "dev/1"]);
+        spool.commit(position, 2).expect("commit");
+        drop(spool);
+
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(spool.len(), 3);
+        spool.append(&[record(5)]).expect("append");
+        let (rest, position) = spool.read(100).expect("read");
+        assert_eq!(ids(&rest), ["dev/2", "dev/3", "dev/4", "dev/5"]);
+        spool.commit(position, 4).expect("commit");
+        assert!(spool.is_empty());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
+        spool.append(&[record(0), record(1)]).expect("append");
+        drop(spool);
+        let segment = segment_path(dir.path(), 0);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .expect("segment");
+        file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, b'{'])
+            .expect("torn write");
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(spool.len(), 2);
+        spool.append(&[record(2)]).expect("append after the cut");
+        assert_eq!(
+            ids(&spool.read(10).expect("read").0),
+            ["dev/0", "dev/1", "dev/2"]
+        );
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_segments_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path(), 16 * 1024).expect("open");
+        let mut dropped = 0;
+        for i in 0..400 {
+            dropped += spool.append(&[record(i)]).expect("append");
+        }
+        assert!(dropped > 0, "something was dropped");
+        assert_eq!(
+            spool.len() + dropped,
+            400,
+            "every record is either kept or counted"
+        );
+        let (kept, _) = spool.read(1000).expect("read");
+        assert_eq!(kept.len() as u64, spool.len());
+        assert_eq!(
+            kept.last().map(|r| r.external_id.as_str()),
+            Some("dev/399"),
+            "the newest are kept"
+        );
+        assert!(spool.total_bytes <= 16 * 1024 + spool.segment_bytes);
+    }
+}
