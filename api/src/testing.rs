@@ -118,10 +118,16 @@ pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Appended to the generated configuration (e.g. a `connection` bridge section).
+    extra_config: String,
 }
 
 impl Broker {
     pub async fn start() -> Broker {
+        Broker::start_with("").await
+    }
+
+    pub async fn start_with(extra_config: &str) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         // Run as root, mosquitto switches to its own user, which must be able to write here.
         #[cfg(unix)]
@@ -134,8 +140,10 @@ impl Broker {
             port: free_port(),
             dir,
             child: None,
+            extra_config: extra_config.to_owned(),
         };
         broker.launch().await;
+
         broker
     }
 
@@ -155,7 +163,8 @@ impl Broker {
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
              autosave_interval 1\nmax_queued_messages 0\nmax_queued_bytes 0\nlog_dest file {dir}/mosquitto.log\n",
             port = self.port
-        );
+        ) + &self.extra_config;
+
         std::fs::write(self.config_path(), config).expect("write mosquitto.conf");
         let child = Command::new("mosquitto")
             .arg("-c")

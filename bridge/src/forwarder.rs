@@ -92,7 +92,9 @@ pub struct Context {
     pub resolver: DeviceResolver,
     pub publisher: LocalPublisher,
     pub spool: Arc<SpoolHandle>,
-    pub external: AsyncClient,
+    /// To the acker task, in the order messages were received.
+    pub acks: mpsc::UnboundedSender<Ack>,
+
     pub metrics: Arc<Metrics>,
 }
 
@@ -105,20 +107,31 @@ struct Inflight {
 }
 
 /// What acknowledging an external message needs.
-#[derive(Clone, Copy)]
-struct Ack {
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
     pkid: u16,
     qos: QoS,
 }
 
-impl Context {
-    fn ack(&self, ack: Ack) {
+/// Sends the acks to the external broker. Its own task, waiting for room in rumqttc's request
+/// channel, so that an ack is never dropped and the forwarder never waits on the event loop
+/// (which may itself be waiting to hand the forwarder a message). Ends when the forwarder and
+/// the drainer are done.
+pub async fn acker(external: AsyncClient, mut acks: mpsc::UnboundedReceiver<Ack>) {
+    while let Some(ack) = acks.recv().await {
         let mut publish = Publish::new("", ack.qos, Vec::new());
         publish.pkid = ack.pkid;
-        // Fails only while shutting down; the broker then redelivers (a duplicate, never a loss).
-        if let Err(e) = self.external.try_ack(&publish) {
-            tracing::debug!(error = %e, "could not ack");
+        if external.ack(&publish).await.is_err() {
+            // The event loop is gone: the broker redelivers what was not acked.
+            return;
         }
+    }
+}
+
+impl Context {
+    fn ack(&self, ack: Ack) {
+        // Fails only once the acker is gone (shutdown); the broker then redelivers.
+        let _ = self.acks.send(ack);
     }
 
     /// Maps and parses a message; `None` when it is skipped (counted and logged).

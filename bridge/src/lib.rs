@@ -83,6 +83,8 @@ pub async fn run_with_metrics(
         stop_external.clone(),
     );
 
+    let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let acker = tokio::spawn(forwarder::acker(external.client.clone(), acks_rx));
     let ctx = Arc::new(Context {
         tenant_id: config.tenant_id,
         mapping,
@@ -90,7 +92,8 @@ pub async fn run_with_metrics(
         resolver,
         publisher: publisher.clone(),
         spool: SpoolHandle::new(spool, metrics.clone()),
-        external: external.client.clone(),
+        acks: acks_tx,
+
         metrics: metrics.clone(),
     });
     let stop_drainer = CancellationToken::new();
@@ -130,6 +133,9 @@ pub async fn run_with_metrics(
     }
     stop_drainer.cancel();
     let _ = drainer.await;
+    drop(ctx);
+    let _ = acker.await;
+
     // The acks are queued ahead of the disconnect, so the broker gets them first; each
     // connection task ends once its disconnect went out (or, with a broker gone, at the deadline).
     let _ = external.client.disconnect().await;

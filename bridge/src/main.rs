@@ -5,7 +5,7 @@ use gito_bridge::config::{Cli, Command};
 use gito_bridge::mapping::{Mapping, Unmapped};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     gito_bridge::logging::init(cli.log_format);

@@ -1,0 +1,125 @@
+//! The bridge leg: messages per second from an external broker into the local one through
+//! gito-bridge, beside Mosquitto's own bridge (`connection` + `topic # in 1`) between two
+//! brokers of the same configuration, in the same run.
+
+use std::time::{Duration, Instant};
+
+use gito_api::testing::{Broker, TestDb};
+
+use crate::mqtt::{Counter, publish_all};
+use crate::procs::Stats;
+use crate::stack;
+
+pub struct BridgeResult {
+    pub messages: u64,
+    pub devices: u64,
+    pub mosquitto_per_sec: f64,
+    pub gito_per_sec: f64,
+    pub gito_lost: u64,
+    pub gito_cpu_per_1000: f64,
+    pub gito_peak_rss_mib: f64,
+}
+
+pub fn topic(device: u64) -> String {
+    format!("SDE11/JAX/UTILITIES/BOILER/D{device:05}/CHIMNEY_TEMP")
+}
+
+fn messages(n: u64, devices: u64) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (topic(i % devices), format!("{}.5", i % 500).into_bytes()))
+        .collect()
+}
+
+pub async fn run(n: u64, devices: u64) -> anyhow::Result<BridgeResult> {
+    let mosquitto_per_sec = mosquitto_bridge(n, devices).await?;
+    let (gito_per_sec, gito_lost, stats) = gito_bridge(n, devices).await?;
+    Ok(BridgeResult {
+        messages: n,
+        devices,
+        mosquitto_per_sec,
+        gito_per_sec,
+        gito_lost,
+        gito_cpu_per_1000: stats.cpu_secs / n as f64 * 1000.0,
+        gito_peak_rss_mib: stats.peak_rss_mib,
+    })
+}
+
+/// Publishes the timed batch and returns (messages per second, arrived).
+async fn timed(
+    external: u16,
+    counter: &Counter,
+    base: u64,
+    n: u64,
+    devices: u64,
+) -> anyhow::Result<(f64, u64)> {
+    let started = Instant::now();
+    publish_all(external, messages(n, devices)).await?;
+    let arrived = counter.wait_for(base + n, Duration::from_secs(120)).await - base;
+    Ok((arrived as f64 / started.elapsed().as_secs_f64(), arrived))
+}
+
+async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<f64> {
+    let external = Broker::start().await;
+    let bridge = format!(
+        "connection reference\naddress 127.0.0.1:{}\ntopic # in 1\ncleansession false\nremote_clientid mosquitto-bridge\n",
+        external.port
+    );
+    let local = Broker::start_with(&bridge).await;
+    let counter = Counter::subscribe(local.port, "SDE11/#", false).await?;
+    // The bridge connects on its own schedule: warm up until a round trip works.
+    let warm = Instant::now();
+    while counter.count() == 0 {
+        anyhow::ensure!(
+            warm.elapsed() < Duration::from_secs(20),
+            "mosquitto bridge never connected"
+        );
+        publish_all(external.port, messages(devices, devices)).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let base = counter.wait_for(u64::MAX, Duration::from_millis(500)).await;
+    let (rate, arrived) = timed(external.port, &counter, base, n, devices).await?;
+    anyhow::ensure!(
+        arrived == n,
+        "mosquitto's bridge delivered {arrived} of {n}"
+    );
+    Ok(rate)
+}
+
+async fn gito_bridge(n: u64, devices: u64) -> anyhow::Result<(f64, u64, Stats)> {
+    let external = Broker::start().await;
+    let local = Broker::start().await;
+    let db = TestDb::new().await;
+    let api = stack::start_api(&db.url, &[]).await?;
+    let tenant = stack::create_tenant(&api.url).await?;
+    let spool = tempfile_dir()?;
+    let bridge = stack::start_bridge(external.port, local.port, &api.url, tenant, &spool).await?;
+    let counter =
+        Counter::subscribe(local.port, &format!("{tenant}/devices/+/telemetry"), false).await?;
+    // Warm-up: every device is created once, outside the timed run.
+    publish_all(external.port, messages(devices, devices)).await?;
+    let warmed = counter.wait_for(devices, Duration::from_secs(120)).await;
+    anyhow::ensure!(warmed == devices, "warm-up delivered {warmed} of {devices}");
+    let before = bridge.stats();
+    let (rate, arrived) = timed(external.port, &counter, devices, n, devices).await?;
+    let after = bridge.stats();
+    bridge.stop().await;
+    api.process.stop().await;
+    let _ = std::fs::remove_dir_all(&spool);
+    Ok((
+        rate,
+        n.saturating_sub(arrived),
+        Stats {
+            cpu_secs: after.cpu_secs - before.cpu_secs,
+            peak_rss_mib: after.peak_rss_mib,
+        },
+    ))
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "gito-bench-spool-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

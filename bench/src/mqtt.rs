@@ -1,0 +1,116 @@
+//! MQTT clients for the benchmarks: a QoS 1 publisher that keeps many messages in flight, and a
+//! QoS 1 subscriber that counts (and timestamps) what arrives.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+fn options(port: u16, id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(
+        format!("{id}-{}", uuid::Uuid::new_v4().simple()),
+        "127.0.0.1",
+        port,
+    );
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_inflight(1000);
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+/// Publishes `messages` at QoS 1 as fast as the broker takes them; returns when all are acked.
+pub async fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) -> anyhow::Result<Duration> {
+    let (client, mut eventloop) = AsyncClient::new(options(port, "bench-pub"), 10_000);
+    let total = messages.len() as u64;
+    let acked = Arc::new(AtomicU64::new(0));
+    let counter = acked.clone();
+    let driver = tokio::spawn(async move {
+        while counter.load(Ordering::Relaxed) < total {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("publisher connection: {e}")),
+            }
+        }
+        Ok(())
+    });
+    let started = Instant::now();
+    for (topic, payload) in messages {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await?;
+    }
+    driver.await??;
+    let _ = client.disconnect().await;
+    Ok(started.elapsed())
+}
+
+/// Counts QoS 1 messages on a filter; remembers when each arrived.
+pub struct Counter {
+    count: Arc<AtomicU64>,
+    arrivals: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Counter {
+    pub async fn subscribe(
+        port: u16,
+        filter: &str,
+        keep_payloads: bool,
+    ) -> anyhow::Result<Counter> {
+        let (client, mut eventloop) = AsyncClient::new(options(port, "bench-sub"), 100);
+        client.subscribe(filter, QoS::AtLeastOnce).await?;
+        let count = Arc::new(AtomicU64::new(0));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let (counted, sink) = (count.clone(), arrivals.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        if keep_payloads {
+                            sink.lock()
+                                .expect("lock")
+                                .push((Instant::now(), p.payload.to_vec()));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx).await??;
+        Ok(Counter {
+            count,
+            arrivals,
+            _task: task,
+        })
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn arrivals(&self) -> Vec<(Instant, Vec<u8>)> {
+        std::mem::take(&mut self.arrivals.lock().expect("lock"))
+    }
+
+    /// Waits until `n` messages arrived, or `deadline` passes; returns the count.
+    pub async fn wait_for(&self, n: u64, deadline: Duration) -> u64 {
+        let until = Instant::now() + deadline;
+        while self.count() < n && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.count()
+    }
+}
