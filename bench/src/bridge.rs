@@ -65,7 +65,7 @@ async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<f64> {
         external.port
     );
     let local = Broker::start_with(&bridge).await;
-    let counter = Counter::subscribe(local.port, "SDE11/#", false).await?;
+    let counter = Counter::subscribe(local.port, "SDE11/#").await?;
     // The bridge connects on its own schedule: warm up until a round trip works.
     let warm = Instant::now();
     while counter.count() == 0 {
@@ -93,8 +93,7 @@ async fn gito_bridge(n: u64, devices: u64) -> anyhow::Result<(f64, u64, Stats)> 
     let tenant = stack::create_tenant(&api.url).await?;
     let spool = tempfile_dir()?;
     let bridge = stack::start_bridge(external.port, local.port, &api.url, tenant, &spool).await?;
-    let counter =
-        Counter::subscribe(local.port, &format!("{tenant}/devices/+/telemetry"), false).await?;
+    let counter = Counter::subscribe(local.port, &format!("{tenant}/devices/+/telemetry")).await?;
     // Warm-up: every device is created once, outside the timed run.
     publish_all(external.port, messages(devices, devices)).await?;
     let warmed = counter.wait_for(devices, Duration::from_secs(120)).await;

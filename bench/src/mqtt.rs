@@ -1,8 +1,8 @@
 //! MQTT clients for the benchmarks: a QoS 1 publisher that keeps many messages in flight, and a
 //! QoS 1 subscriber that counts (and timestamps) what arrives.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -48,24 +48,18 @@ pub async fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) -> anyhow:
     Ok(started.elapsed())
 }
 
-/// Counts QoS 1 messages on a filter; remembers when each arrived.
+/// Counts QoS 1 messages on a filter.
 pub struct Counter {
     count: Arc<AtomicU64>,
-    arrivals: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl Counter {
-    pub async fn subscribe(
-        port: u16,
-        filter: &str,
-        keep_payloads: bool,
-    ) -> anyhow::Result<Counter> {
+    pub async fn subscribe(port: u16, filter: &str) -> anyhow::Result<Counter> {
         let (client, mut eventloop) = AsyncClient::new(options(port, "bench-sub"), 100);
         client.subscribe(filter, QoS::AtLeastOnce).await?;
         let count = Arc::new(AtomicU64::new(0));
-        let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let (counted, sink) = (count.clone(), arrivals.clone());
+        let counted = count.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
@@ -76,13 +70,8 @@ impl Counter {
                             let _ = ready.send(());
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                    Ok(Event::Incoming(Packet::Publish(_))) => {
                         counted.fetch_add(1, Ordering::Relaxed);
-                        if keep_payloads {
-                            sink.lock()
-                                .expect("lock")
-                                .push((Instant::now(), p.payload.to_vec()));
-                        }
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -90,19 +79,11 @@ impl Counter {
             }
         });
         tokio::time::timeout(Duration::from_secs(10), ready_rx).await??;
-        Ok(Counter {
-            count,
-            arrivals,
-            _task: task,
-        })
+        Ok(Counter { count, _task: task })
     }
 
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
-    }
-
-    pub fn arrivals(&self) -> Vec<(Instant, Vec<u8>)> {
-        std::mem::take(&mut self.arrivals.lock().expect("lock"))
     }
 
     /// Waits until `n` messages arrived, or `deadline` passes; returns the count.

@@ -25,7 +25,6 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 
 pub struct Process {
     pub child: Child,
-    pub name: &'static str,
 }
 
 impl Process {
@@ -41,7 +40,7 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Process { child, name })
+        Ok(Process { child })
     }
 
     pub fn stats(&self) -> Stats {
