@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::migrate::MigrateArgs;
 
@@ -37,6 +38,13 @@ pub struct Cli {
 pub enum Command {
     /// Migrate the schema (unless GITO_MIGRATE_ON_BOOT=false), then serve HTTP (the default).
     Serve(ServeConfig),
+    /// Run only the telemetry processor (for scaling it out apart from the API).
+    Processor {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        mqtt: MqttConfig,
+    },
     /// Inspect and move the schema version.
     Migrate {
         #[command(flatten)]
@@ -61,7 +69,7 @@ pub struct ServeConfig {
     #[arg(long, env = "GITO_API_ADDR", default_value = "0.0.0.0:8000")]
     pub addr: SocketAddr,
     /// Apply pending migrations before binding the port.
-    #[arg(long, env = "GITO_MIGRATE_ON_BOOT", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "GITO_MIGRATE_ON_BOOT", default_value = "true", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub migrate_on_boot: bool,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "GITO_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
@@ -72,6 +80,56 @@ pub struct ServeConfig {
     /// Connections in the database pool.
     #[arg(long, env = "GITO_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+    /// Run the telemetry processor in this process (`off`: run `gito-api processor` elsewhere).
+    #[arg(long, env = "GITO_PROCESSOR", default_value = "on", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub processor: bool,
+    /// Serve live WebSocket updates, fanned out from the broker.
+    #[arg(long, env = "GITO_LIVE", default_value = "on", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub live: bool,
+    #[command(flatten)]
+    pub mqtt: MqttConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MqttConfig {
+    /// The local broker: mqtt://[user:password@]host:port
+    #[arg(
+        long = "mqtt-url",
+        env = "GITO_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1883",
+        hide_env_values = true
+    )]
+    pub mqtt_url: String,
+    /// The processor's MQTT session id; unique per processor, stable across its restarts.
+    #[arg(long, env = "GITO_PROCESSOR_CLIENT_ID", default_value_t = default_client_id())]
+    pub processor_client_id: String,
+    /// Messages written per transaction at most.
+    #[arg(long, env = "GITO_PROCESSOR_BATCH_SIZE", default_value_t = 2000)]
+    pub batch_size: usize,
+    /// Milliseconds a batch waits to fill up.
+    #[arg(long, env = "GITO_PROCESSOR_FLUSH_MS", default_value_t = 5)]
+    pub flush_ms: u64,
+}
+
+impl MqttConfig {
+    pub fn processor(&self) -> Result<crate::processor::ProcessorConfig, rumqttc::OptionError> {
+        Ok(crate::processor::ProcessorConfig {
+            mqtt: crate::processor::mqtt_options(&self.mqtt_url, &self.processor_client_id)?,
+            batch_size: self.batch_size.max(1),
+            flush_after: Duration::from_millis(self.flush_ms),
+        })
+    }
+}
+
+/// `gito-processor-<hostname>`: distinct per container, the same across its restarts.
+fn default_client_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_owned());
+    format!("gito-processor-{host}")
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gito_api::config::{Cli, Command};
+use gito_api::config::{Cli, Command, DatabaseConfig, MqttConfig};
 use gito_api::migrate::{Catalog, commands};
 use gito_api::startup::{Server, shutdown_signal};
 use tokio_util::sync::CancellationToken;
@@ -12,6 +12,7 @@ async fn main() -> ExitCode {
     gito_api::logging::init(cli.log_format);
     let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(config) => serve(config).await,
+        Command::Processor { database, mqtt } => processor(database, mqtt).await,
         Command::Migrate { database, args } => {
             commands::run(&args.command, database.url.expose(), Catalog::embedded())
                 .await
@@ -31,13 +32,21 @@ async fn main() -> ExitCode {
 
 async fn serve(config: gito_api::config::ServeConfig) -> anyhow::Result<()> {
     let server = Server::build(&config).await?;
+    server.run(on_signal()).await
+}
+
+async fn processor(database: DatabaseConfig, mqtt: MqttConfig) -> anyhow::Result<()> {
+    let pool = sqlx::PgPool::connect(database.url.expose()).await?;
+    gito_api::processor::run(mqtt.processor()?, pool, on_signal()).await
+}
+
+/// A token cancelled by ctrl-c or SIGTERM.
+fn on_signal() -> CancellationToken {
     let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown_signal().await;
-            shutdown.cancel();
-        }
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
     });
-    server.run(shutdown).await
+    shutdown
 }

@@ -1,20 +1,27 @@
-//! Boot order for `gito-api serve`: migrate (on one dedicated connection), open the pool, bind,
-//! serve until shutdown. Split into `build` and `run` so tests can bind port 0 and learn it.
+//! Boot order for `gito-api serve`: migrate (on one dedicated connection), open the pool, start
+//! the live fan-out, bind, then serve and process until shutdown. Split into `build` and `run` so tests can bind port 0 and learn it.
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::ServeConfig;
-use crate::http::{self, AppState, Limits};
+use crate::http::{self, AppState, Limits, Live};
 use crate::migrate::{self, Catalog};
+use crate::processor::{self, ProcessorConfig};
 
 pub struct Server {
     listener: TcpListener,
     app: axum::Router,
+    pool: PgPool,
+    processor: Option<ProcessorConfig>,
+    /// Stops the live fan-out once serving has ended.
+    background: CancellationToken,
 }
 
 impl Server {
@@ -31,6 +38,20 @@ impl Server {
             .connect(url)
             .await
             .context("connecting to the database")?;
+        let processor = config
+            .processor
+            .then(|| config.mqtt.processor())
+            .transpose()
+            .context("GITO_MQTT_URL")?;
+        let background = CancellationToken::new();
+        let live = if config.live {
+            let client_id = format!("gito-api-live-{}", Uuid::new_v4().simple());
+            let options = processor::mqtt_options(&config.mqtt.mqtt_url, &client_id)
+                .context("GITO_MQTT_URL")?;
+            Some(Live::start(options, background.clone()))
+        } else {
+            None
+        };
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;
@@ -38,9 +59,19 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
         };
+        let app = http::app(
+            AppState {
+                pool: pool.clone(),
+                live,
+            },
+            limits,
+        );
         Ok(Server {
             listener,
-            app: http::app(AppState { pool }, limits),
+            app,
+            pool,
+            processor,
+            background,
         })
     }
 
@@ -48,11 +79,24 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Serves (and processes, unless disabled) until `shutdown`; then drains both.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "gito-api listening");
-        http::serve(self.listener, self.app, shutdown)
+        let processor = self.processor.map(|config| {
+            tokio::spawn(processor::run(config, self.pool.clone(), shutdown.clone()))
+        });
+        let served = http::serve(self.listener, self.app, shutdown.clone())
             .await
-            .context("serving HTTP")
+            .context("serving HTTP");
+        self.background.cancel();
+        if let Some(task) = processor {
+            match task.await {
+                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the processor failed"),
+                Err(e) => tracing::error!(error = %e, "the processor task panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        served
     }
 }
 

@@ -60,6 +60,14 @@ pub fn serve_config(db_url: &str, addr: SocketAddr) -> ServeConfig {
         max_body_bytes: 64 * 1024,
         request_timeout: Duration::from_secs(10),
         db_max_connections: 4,
+        processor: false,
+        live: false,
+        mqtt: crate::config::MqttConfig {
+            mqtt_url: "mqtt://127.0.0.1:1883".to_owned(),
+            processor_client_id: format!("gito-processor-test-{}", Uuid::new_v4().simple()),
+            batch_size: 500,
+            flush_ms: 5,
+        },
     }
 }
 
@@ -71,11 +79,22 @@ pub struct TestApi {
 }
 
 impl TestApi {
-    /// Migrates `db_url` and serves on `addr` (port 0: any free port).
+    /// Migrates `db_url` and serves on `addr` (port 0: any free port), without MQTT.
     pub async fn start(db_url: &str, addr: SocketAddr) -> TestApi {
-        let server = Server::build(&serve_config(db_url, addr))
-            .await
-            .expect("server builds");
+        TestApi::start_with(serve_config(db_url, addr)).await
+    }
+
+    /// Serves with the processor and the live fan-out on `broker_url`.
+    pub async fn start_processing(db_url: &str, broker_url: &str) -> TestApi {
+        let mut config = serve_config(db_url, "127.0.0.1:0".parse().expect("address"));
+        config.processor = true;
+        config.live = true;
+        config.mqtt.mqtt_url = broker_url.to_owned();
+        TestApi::start_with(config).await
+    }
+
+    pub async fn start_with(config: ServeConfig) -> TestApi {
+        let server = Server::build(&config).await.expect("server builds");
         let addr = server.local_addr().expect("bound");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));

@@ -1,15 +1,21 @@
 //! The HTTP API: the router, its middleware stack, and serving it until shutdown.
 
+mod alert_rules;
+mod alerts;
 mod device_groups;
+
 mod device_types;
 mod devices;
 mod error;
 mod extract;
 mod fields;
 mod health;
+mod live;
+
 mod organizations;
 mod page;
 mod sites;
+mod telemetry;
 mod tenants;
 
 use std::time::Duration;
@@ -27,11 +33,17 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use alert_rules::AlertRule;
+pub use alerts::Alert;
+pub use device_types::{MetricSpec, TelemetrySchema};
 pub use error::ApiError;
+pub use live::Live;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// The WebSocket fan-out; `None` when disabled.
+    pub live: Option<Live>,
 }
 
 /// Limits applied to every request.
@@ -76,6 +88,10 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(device_groups::router())
         .merge(device_types::router())
         .merge(devices::router())
+        .merge(telemetry::router())
+        .merge(alert_rules::router())
+        .merge(alerts::router())
+        .merge(live::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .with_state(state)
         .layer(layers)

@@ -134,6 +134,9 @@ pub fn gito_api(db_url: &str, args: &[&str]) -> Command {
         .env("GITO_API_ADDR", "127.0.0.1:0")
         .env("GITO_LOG_FORMAT", "json")
         .env("GITO_DB_MAX_CONNECTIONS", "2")
+        // About the API and migrations: no broker needed.
+        .env("GITO_PROCESSOR", "off")
+        .env("GITO_LIVE", "off")
         .env("RUST_LOG", "info")
         .kill_on_drop(true);
     command

@@ -1,0 +1,219 @@
+//! Alert rules: "open an alert when METRIC OPERATOR THRESHOLD", for every device of the tenant or
+//! one scope (a device, a device type, or a device-type string as the bridge sets it).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::{ApiError, in_use};
+use super::extract::{Json, Path, Query};
+use super::fields::{self, MAX_NAME_CHARS};
+use super::page::{Keyed, Page, PageParams};
+use super::{AppState, tenants};
+
+const OPERATORS: [&str; 6] = [">", ">=", "<", "<=", "==", "!="];
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tenants/{tenant_id}/alert-rules", get(list).post(create))
+        .route(
+            "/tenants/{tenant_id}/alert-rules/{id}",
+            get(read).patch(update).delete(remove),
+        )
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertRule {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub metric: String,
+    pub operator: String,
+    pub threshold: f64,
+    pub device_id: Option<Uuid>,
+    pub device_type_id: Option<Uuid>,
+    pub device_type: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Keyed for AlertRule {
+    fn key(&self) -> Uuid {
+        self.id
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRule {
+    name: String,
+    metric: String,
+    operator: String,
+    threshold: f64,
+    device_id: Option<Uuid>,
+    device_type_id: Option<Uuid>,
+    device_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulePatch {
+    name: Option<String>,
+    operator: Option<String>,
+    threshold: Option<f64>,
+}
+
+fn operator(op: &str) -> Result<String, ApiError> {
+    if OPERATORS.contains(&op) {
+        Ok(op.to_owned())
+    } else {
+        Err(ApiError::unprocessable(
+            "invalid_field",
+            "operator must be one of > >= < <= == !=",
+        ))
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Json(body): Json<NewRule>,
+) -> Result<(StatusCode, Json<AlertRule>), ApiError> {
+    let name = fields::text("name", &body.name, MAX_NAME_CHARS)?;
+    let metric = fields::text("metric", &body.metric, MAX_NAME_CHARS)?;
+    let device_type =
+        fields::optional_text("device_type", body.device_type.as_deref(), MAX_NAME_CHARS)?;
+    let scopes = [
+        body.device_id.is_some(),
+        body.device_type_id.is_some(),
+        device_type.is_some(),
+    ];
+    if scopes.iter().filter(|s| **s).count() > 1 {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            "give at most one of device_id, device_type_id, device_type",
+        ));
+    }
+    let rule = sqlx::query_as!(
+        AlertRule,
+        "INSERT INTO alert_rules (id, tenant_id, name, metric, operator, threshold, device_id, device_type_id, device_type)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         RETURNING id, tenant_id, name, metric, operator, threshold, device_id, device_type_id,
+                   device_type, created_at, updated_at",
+        Uuid::now_v7(),
+        tenant_id,
+        name,
+        metric,
+        operator(&body.operator)?,
+        finite(body.threshold)?,
+        body.device_id,
+        body.device_type_id,
+        device_type
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    Ok((StatusCode::CREATED, Json(rule)))
+}
+
+fn finite(threshold: f64) -> Result<f64, ApiError> {
+    if threshold.is_finite() {
+        Ok(threshold)
+    } else {
+        Err(ApiError::unprocessable(
+            "invalid_field",
+            "threshold must be a finite number",
+        ))
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<Page<AlertRule>>, ApiError> {
+    let limit = page.limit()?;
+    let rows = sqlx::query_as!(
+        AlertRule,
+        "SELECT id, tenant_id, name, metric, operator, threshold, device_id, device_type_id,
+                device_type, created_at, updated_at
+         FROM alert_rules WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3",
+        tenant_id,
+        page.after()?,
+        limit + 1
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    if rows.is_empty() {
+        tenants::ensure_exists(&state.pool, tenant_id).await?;
+    }
+    Ok(Json(Page::from_rows(rows, limit)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<AlertRule>, ApiError> {
+    sqlx::query_as!(
+        AlertRule,
+        "SELECT id, tenant_id, name, metric, operator, threshold, device_id, device_type_id,
+                device_type, created_at, updated_at
+         FROM alert_rules WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("alert rule"))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+    Json(body): Json<RulePatch>,
+) -> Result<Json<AlertRule>, ApiError> {
+    let name = fields::optional_text("name", body.name.as_deref(), MAX_NAME_CHARS)?;
+    let op = body.operator.as_deref().map(operator).transpose()?;
+    let threshold = body.threshold.map(finite).transpose()?;
+    sqlx::query_as!(
+        AlertRule,
+        "UPDATE alert_rules SET name = COALESCE($3, name), operator = COALESCE($4, operator),
+                threshold = COALESCE($5, threshold), updated_at = now()
+         WHERE tenant_id = $1 AND id = $2
+         RETURNING id, tenant_id, name, metric, operator, threshold, device_id, device_type_id,
+                   device_type, created_at, updated_at",
+        tenant_id,
+        id,
+        name,
+        op,
+        threshold
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("alert rule"))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = sqlx::query!(
+        "DELETE FROM alert_rules WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .execute(&state.pool)
+    .await
+    .map_err(in_use("alert rule"))?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::NotFound("alert rule"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

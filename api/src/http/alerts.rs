@@ -1,0 +1,106 @@
+//! Alerts the processor opened and resolved; operators list and acknowledge them.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
+use super::page::{self, Keyed, Page};
+use super::{AppState, tenants};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tenants/{tenant_id}/alerts", get(list))
+        .route("/tenants/{tenant_id}/alerts/{id}/ack", post(acknowledge))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub rule_id: Uuid,
+    pub device_id: Uuid,
+    pub value: f64,
+    /// `open`, `acknowledged` or `resolved`.
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub acknowledged_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub resolved_at: Option<OffsetDateTime>,
+}
+
+impl Keyed for Alert {
+    fn key(&self) -> Uuid {
+        self.id
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertFilter {
+    state: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Query(filter): Query<AlertFilter>,
+) -> Result<Json<Page<Alert>>, ApiError> {
+    if let Some(s) = &filter.state
+        && !["open", "acknowledged", "resolved"].contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "state must be open, acknowledged or resolved",
+        ));
+    }
+    let limit = page::limit(filter.limit)?;
+    let rows = sqlx::query_as!(
+        Alert,
+        "SELECT id, tenant_id, rule_id, device_id, value, state, opened_at, acknowledged_at, resolved_at
+         FROM alerts
+         WHERE tenant_id = $1 AND ($2::text IS NULL OR state = $2) AND ($3::uuid IS NULL OR id > $3)
+         ORDER BY id LIMIT $4",
+        tenant_id,
+        filter.state,
+        page::cursor(filter.cursor.as_deref())?,
+        limit + 1
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    if rows.is_empty() {
+        tenants::ensure_exists(&state.pool, tenant_id).await?;
+    }
+    Ok(Json(Page::from_rows(rows, limit)))
+}
+
+/// An open alert becomes acknowledged; acknowledging twice is harmless, a resolved alert is 409.
+async fn acknowledge(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<Alert>, ApiError> {
+    let alert = sqlx::query_as!(
+        Alert,
+        "UPDATE alerts SET state = CASE WHEN state = 'open' THEN 'acknowledged' ELSE state END,
+                acknowledged_at = COALESCE(acknowledged_at, CASE WHEN state = 'open' THEN now() END)
+         WHERE tenant_id = $1 AND id = $2
+         RETURNING id, tenant_id, rule_id, device_id, value, state, opened_at, acknowledged_at, resolved_at",
+        tenant_id,
+        id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::NotFound("alert"))?;
+    if alert.state == "resolved" {
+        return Err(ApiError::Conflict("the alert is already resolved".into()));
+    }
+    Ok(Json(alert))
+}

@@ -1,0 +1,220 @@
+//! Reading telemetry back: raw points newest first, per-bucket aggregates, latest per metric.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
+
+const DEFAULT_POINTS: i64 = 1000;
+const MAX_POINTS: i64 = 10_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/tenants/{tenant_id}/devices/{device_id}/telemetry",
+            get(query),
+        )
+        .route(
+            "/tenants/{tenant_id}/devices/{device_id}/latest",
+            get(latest),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TelemetryQuery {
+    metric: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<i64>,
+    /// `30s`, `1m`, `15m`, `1h`, `1d`, ...: aggregate per bucket instead of raw points.
+    bucket: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Point {
+    #[serde(with = "time::serde::rfc3339")]
+    ts: OffsetDateTime,
+    metric: String,
+    value: Value,
+    flagged: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Bucket {
+    #[serde(with = "time::serde::rfc3339")]
+    bucket: OffsetDateTime,
+    metric: String,
+    avg: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    count: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Items<T> {
+    items: Vec<T>,
+}
+
+fn time_param(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+    value
+        .map(|v| {
+            OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
+                ApiError::bad_request("invalid_query", format!("{name} must be an RFC 3339 time"))
+            })
+        })
+        .transpose()
+}
+
+/// `90s`, `5m`, `1h`, `1d` in seconds.
+fn bucket_secs(text: &str) -> Result<f64, ApiError> {
+    let invalid =
+        || ApiError::bad_request("invalid_query", "bucket must look like 30s, 5m, 1h or 1d");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let n: u32 = number.parse().map_err(|_| invalid())?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(invalid()),
+    };
+    if n == 0 || u64::from(n) * unit_secs > 366 * 86_400 {
+        return Err(invalid());
+    }
+    Ok((u64::from(n) * unit_secs) as f64)
+}
+
+async fn ensure_device(state: &AppState, tenant_id: Uuid, device_id: Uuid) -> Result<(), ApiError> {
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM devices WHERE tenant_id = $1 AND id = $2) AS "exists!""#,
+        tenant_id,
+        device_id
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    if exists {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("device"))
+    }
+}
+
+async fn query(
+    State(state): State<AppState>,
+    Path((tenant_id, device_id)): Path<(Uuid, Uuid)>,
+    Query(q): Query<TelemetryQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let from = time_param("from", q.from.as_deref())?;
+    let to = time_param("to", q.to.as_deref())?;
+    let limit = match q.limit.unwrap_or(DEFAULT_POINTS) {
+        n @ 1..=MAX_POINTS => n,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be between 1 and {MAX_POINTS}"),
+            ));
+        }
+    };
+    let bucket = q.bucket.as_deref().map(bucket_secs).transpose()?;
+    ensure_device(&state, tenant_id, device_id).await?;
+    if let Some(secs) = bucket {
+        let rows = sqlx::query_as!(
+            Bucket,
+            r#"SELECT date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "bucket!",
+                      metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS "count!"
+               FROM telemetry
+               WHERE device_id = $1 AND ($3::text IS NULL OR metric = $3)
+                 AND ($4::timestamptz IS NULL OR ts >= $4) AND ($5::timestamptz IS NULL OR ts < $5)
+               GROUP BY 1, 2 ORDER BY 1 DESC, 2 LIMIT $6"#,
+            device_id,
+            secs,
+            q.metric,
+            from,
+            to,
+            limit
+        )
+        .fetch_all(&state.pool)
+        .await?;
+        return Ok(Json(Items { items: rows }).into_response());
+    }
+    let rows = sqlx::query!(
+        "SELECT ts, metric, value, value_json, flagged FROM telemetry
+         WHERE device_id = $1 AND ($2::text IS NULL OR metric = $2)
+           AND ($3::timestamptz IS NULL OR ts >= $3) AND ($4::timestamptz IS NULL OR ts < $4)
+         ORDER BY ts DESC, metric LIMIT $5",
+        device_id,
+        q.metric,
+        from,
+        to,
+        limit
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let items = rows
+        .into_iter()
+        .map(|r| Point {
+            ts: r.ts,
+            metric: r.metric,
+            value: stored_value(r.value, r.value_json),
+            flagged: r.flagged,
+        })
+        .collect();
+    Ok(Json(Items::<Point> { items }).into_response())
+}
+
+/// Booleans and text keep their JSON form; numbers are in `value`.
+fn stored_value(value: Option<f64>, json: Option<Value>) -> Value {
+    json.unwrap_or_else(|| value.map_or(Value::Null, Value::from))
+}
+
+#[derive(Debug, Serialize)]
+struct Latest {
+    #[serde(with = "time::serde::rfc3339")]
+    ts: OffsetDateTime,
+    value: Value,
+    flagged: bool,
+}
+
+/// `{"METRIC": {"ts", "value", "flagged"}, ...}`: the newest value of each metric.
+async fn latest(
+    State(state): State<AppState>,
+    Path((tenant_id, device_id)): Path<(Uuid, Uuid)>,
+) -> Result<Json<BTreeMap<String, Latest>>, ApiError> {
+    ensure_device(&state, tenant_id, device_id).await?;
+    let rows = sqlx::query!(
+        "SELECT DISTINCT ON (metric) metric, ts, value, value_json, flagged
+         FROM telemetry WHERE device_id = $1 ORDER BY metric, ts DESC",
+        device_id
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.metric,
+                    Latest {
+                        ts: r.ts,
+                        value: stored_value(r.value, r.value_json),
+                        flagged: r.flagged,
+                    },
+                )
+            })
+            .collect(),
+    ))
+}

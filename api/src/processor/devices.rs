@@ -1,0 +1,102 @@
+//! Which devices exist, to which tenant they belong, and what their type's schema expects. Looked
+//! up once per batch for the devices not cached; entries expire so that a reclassified device or
+//! an edited schema is picked up within a minute.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::http::TelemetrySchema;
+
+const TTL: Duration = Duration::from_secs(30);
+/// Unknown ids are remembered briefly, so that garbage cannot make every batch query again.
+const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub tenant_id: Uuid,
+    pub device_type_id: Option<Uuid>,
+    pub device_type: Option<String>,
+    pub schema: Option<TelemetrySchema>,
+}
+
+impl DeviceInfo {
+    /// Values the type's schema does not expect: an unlisted metric, or one outside min/max.
+    pub fn is_unexpected(&self, metric: &str, value: Option<f64>) -> bool {
+        let Some(schema) = &self.schema else {
+            return false;
+        };
+        match schema.0.get(metric) {
+            None => true,
+            Some(spec) => value.is_some_and(|v| {
+                spec.min.is_some_and(|min| v < min) || spec.max.is_some_and(|max| v > max)
+            }),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct DeviceCache {
+    entries: Mutex<HashMap<Uuid, (Instant, Option<DeviceInfo>)>>,
+}
+
+impl DeviceCache {
+    /// What is known of `ids` (`None`: no such device).
+    pub async fn lookup(
+        &self,
+        pool: &PgPool,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Option<DeviceInfo>>, sqlx::Error> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let entries = self.entries.lock().expect("cache lock");
+            for id in ids {
+                match entries.get(id) {
+                    Some((at, info))
+                        if at.elapsed() < if info.is_some() { TTL } else { UNKNOWN_TTL } =>
+                    {
+                        found.insert(*id, info.clone());
+                    }
+                    _ => missing.push(*id),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let rows = sqlx::query!(
+            r#"SELECT d.id AS "id!", d.tenant_id AS "tenant_id!", d.device_type_id, d.device_type,
+
+                      t.telemetry_schema AS "schema?: Json<TelemetrySchema>"
+               FROM devices d LEFT JOIN device_types t ON t.id = d.device_type_id
+               WHERE d.id = ANY($1)"#,
+            &missing
+        )
+        .fetch_all(pool)
+        .await?;
+        let now = Instant::now();
+        let mut entries = self.entries.lock().expect("cache lock");
+        for id in &missing {
+            entries.insert(*id, (now, None));
+            found.insert(*id, None);
+        }
+        for row in rows {
+            let info = DeviceInfo {
+                tenant_id: row.tenant_id,
+                device_type_id: row.device_type_id,
+                device_type: row.device_type,
+                schema: row.schema.map(|s| s.0),
+            };
+            entries.insert(row.id, (now, Some(info.clone())));
+            found.insert(row.id, Some(info));
+        }
+        Ok(found)
+    }
+}
