@@ -6,4 +6,5 @@ mod errors;
 mod helpers;
 mod hierarchy;
 mod migrations;
+mod processor;
 mod tenants;
