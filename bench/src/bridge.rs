@@ -122,3 +122,31 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+impl BridgeResult {
+    pub fn rows(&self) -> Vec<crate::Row> {
+        use crate::Row;
+        vec![
+            Row::new(
+                format!(
+                    "bridge leg, QoS 1, {} msgs over {} devices",
+                    self.messages, self.devices
+                ),
+                format!("{:.0} msg/s", self.gito_per_sec),
+            )
+            .against(
+                format!("Mosquitto bridge {:.0} msg/s", self.mosquitto_per_sec),
+                self.gito_per_sec / self.mosquitto_per_sec,
+            ),
+            Row::new("gito-bridge lost", self.gito_lost.to_string()),
+            Row::new(
+                "gito-bridge CPU per 1000 msgs",
+                format!("{:.3} s", self.gito_cpu_per_1000),
+            ),
+            Row::new(
+                "gito-bridge peak RSS",
+                format!("{:.1} MiB", self.gito_peak_rss_mib),
+            ),
+        ]
+    }
+}

@@ -29,7 +29,16 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &'static str, env: &[(&str, String)]) -> anyhow::Result<Process> {
+        Process::spawn_args(name, &[], env)
+    }
+
+    pub fn spawn_args(
+        name: &'static str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Process> {
         let child = Command::new(binary(name)?)
+            .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(
                 "RUST_LOG",

@@ -1,0 +1,164 @@
+//! The processor: rows per second it stores from a backlog on the broker, beside a plain `COPY`
+//! of the same rows into the same table in the same run.
+
+use std::time::{Duration, Instant};
+
+use gito_api::testing::{Broker, TestDb, publish_all};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::procs::{Process, Stats};
+use crate::stack;
+
+pub struct ProcessorResult {
+    pub rows: u64,
+    pub devices: usize,
+    pub processor_rows_per_sec: f64,
+    pub copy_rows_per_sec: f64,
+    pub cpu_per_1000: f64,
+    pub peak_rss_mib: f64,
+}
+
+pub async fn run(messages: u64, devices: usize) -> anyhow::Result<ProcessorResult> {
+    let db = TestDb::new().await;
+    let broker = Broker::start_with("max_inflight_messages 1000\n").await;
+    let api = stack::start_api(
+        &db.url,
+        &[
+            ("GITO_PROCESSOR", "off".into()),
+            ("GITO_LIVE", "off".into()),
+        ],
+    )
+    .await?;
+    let tenant = stack::create_tenant(&api.url).await?;
+    let ids = create_devices(&api.url, tenant, devices).await?;
+    api.process.stop().await;
+
+    // The processor's session must exist for the broker to keep the backlog for it.
+    let env = [
+        ("DATABASE_URL", db.url.clone()),
+        ("GITO_MQTT_URL", broker.url()),
+        ("GITO_PROCESSOR_CLIENT_ID", "bench-processor".to_owned()),
+    ];
+    let first = Process::spawn_args("gito-api", &["processor"], &env)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.stop().await;
+    let batch = envelopes(tenant, &ids, messages);
+    publish_all(&broker.url(), batch.clone()).await;
+
+    let started = Instant::now();
+    let processor = Process::spawn_args("gito-api", &["processor"], &env)?;
+    let mut conn = PgConnection::connect(&db.url).await?;
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry")
+            .fetch_one(&mut conn)
+            .await?;
+        if rows as u64 >= messages {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "processor stored {rows} of {messages}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    let stats: Stats = processor.stats();
+    processor.stop().await;
+
+    sqlx::query("TRUNCATE telemetry").execute(&mut conn).await?;
+    let copy_started = Instant::now();
+    copy(&mut conn, &batch).await?;
+    let copy_elapsed = copy_started.elapsed();
+    Ok(ProcessorResult {
+        rows: messages,
+        devices,
+        processor_rows_per_sec: messages as f64 / elapsed.as_secs_f64(),
+        copy_rows_per_sec: messages as f64 / copy_elapsed.as_secs_f64(),
+        cpu_per_1000: stats.cpu_secs / messages as f64 * 1000.0,
+        peak_rss_mib: stats.peak_rss_mib,
+    })
+}
+
+async fn create_devices(api_url: &str, tenant: Uuid, n: usize) -> anyhow::Result<Vec<Uuid>> {
+    let http = reqwest::Client::new();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let device: Value = http
+            .post(format!("{api_url}/tenants/{tenant}/devices"))
+            .json(&json!({ "name": format!("d{i}"), "external_id": format!("SDE11/D{i}") }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ids.push(
+            device["id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("no id"))?,
+        );
+    }
+    Ok(ids)
+}
+
+/// One metric per envelope, distinct event times: every message is one row.
+pub fn envelopes(tenant: Uuid, devices: &[Uuid], n: u64) -> Vec<(String, Vec<u8>)> {
+    let base = time::macros::datetime!(2026-11-24 00:00 UTC);
+    (0..n)
+        .map(|i| {
+            let device = devices[i as usize % devices.len()];
+            let ts = (base + time::Duration::milliseconds(i as i64)).format(&Rfc3339).expect("format");
+            let payload = json!({ "ts": ts, "source_topic": "bench", "metrics": { "CHIMNEY_TEMP": (i % 500) as f64 } });
+            (format!("{tenant}/devices/{device}/telemetry"), payload.to_string().into_bytes())
+        })
+        .collect()
+}
+
+/// The same rows with `COPY ... FROM STDIN`.
+async fn copy(conn: &mut PgConnection, batch: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    let mut csv = String::with_capacity(batch.len() * 80);
+    for (topic, payload) in batch {
+        let device = topic.split('/').nth(2).unwrap_or_default();
+        let body: Value = serde_json::from_slice(payload)?;
+        let ts = body["ts"].as_str().unwrap_or_default();
+        let value = body["metrics"]["CHIMNEY_TEMP"].as_f64().unwrap_or_default();
+        csv.push_str(&format!("{device},{ts},CHIMNEY_TEMP,{value},false\n"));
+    }
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY telemetry (device_id, ts, metric, value, flagged) FROM STDIN (FORMAT csv)",
+        )
+        .await?;
+    copy.send(csv.into_bytes()).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+impl ProcessorResult {
+    pub fn rows(&self) -> Vec<crate::Row> {
+        use crate::Row;
+        vec![
+            Row::new(
+                format!(
+                    "processor, {} rows over {} devices",
+                    self.rows, self.devices
+                ),
+                format!("{:.0} rows/s", self.processor_rows_per_sec),
+            )
+            .against(
+                format!("COPY {:.0} rows/s", self.copy_rows_per_sec),
+                self.processor_rows_per_sec / self.copy_rows_per_sec,
+            ),
+            Row::new(
+                "processor CPU per 1000 msgs",
+                format!("{:.3} s", self.cpu_per_1000),
+            ),
+            Row::new(
+                "processor peak RSS",
+                format!("{:.1} MiB", self.peak_rss_mib),
+            ),
+        ]
+    }
+}
