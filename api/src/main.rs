@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gito_api::config::{Cli, Command, DatabaseConfig, MqttConfig};
+use gito_api::config::{Cli, Command, DatabaseConfig, MqttConfig, TenantCommand};
 use gito_api::migrate::{Catalog, commands};
 use gito_api::startup::{Server, shutdown_signal};
 use tokio_util::sync::CancellationToken;
@@ -13,6 +13,14 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(config) => serve(config).await,
         Command::Processor { database, mqtt } => processor(database, mqtt).await,
+        Command::Tenant {
+            database,
+            command: TenantCommand::Ensure { id, name },
+        } => gito_api::bootstrap::ensure_tenant(database.url.expose(), id, &name)
+            .await
+            .map(|created| {
+                println!("{id} {}", if created { "created" } else { "exists" });
+            }),
         Command::Migrate { database, args } => {
             commands::run(&args.command, database.url.expose(), Catalog::embedded())
                 .await

@@ -41,6 +41,20 @@ pub enum Command {
     Run(Box<BridgeConfig>),
 
     /// Print what each topic maps to with the mapping file (or the default mapping).
+    /// Publish simulated plant telemetry to a broker (for demos, tests and benchmarks).
+    Simulate {
+        /// The broker to publish to, e.g. mqtt://127.0.0.1:1884
+        #[arg(long, env = "GITO_SIMULATOR_BROKER", hide_env_values = true)]
+        broker: MqttUrl,
+        #[arg(long, env = "GITO_SIMULATOR_DEVICES", default_value_t = 50)]
+        devices: usize,
+        /// Messages per second.
+        #[arg(long, env = "GITO_SIMULATOR_RATE", default_value_t = 20)]
+        rate: u64,
+        /// Seconds to run (until stopped when absent).
+        #[arg(long, env = "GITO_SIMULATOR_DURATION")]
+        duration: Option<u64>,
+    },
     CheckMapping {
         #[arg(long, env = "GITO_BRIDGE_MAPPING")]
         mapping: Option<PathBuf>,

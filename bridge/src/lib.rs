@@ -14,6 +14,7 @@ pub mod logging;
 pub mod mapping;
 pub mod metrics;
 pub mod payload;
+pub mod simulate;
 pub mod spool;
 
 use std::sync::Arc;

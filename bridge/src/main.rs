@@ -14,6 +14,30 @@ async fn main() -> ExitCode {
             check_mapping(mapping.as_deref(), &topics)
         }
         Some(Command::Run(config)) => run(*config).await,
+        Some(Command::Simulate {
+            broker,
+            devices,
+            rate,
+            duration,
+        }) => {
+            let stop = CancellationToken::new();
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    gito_bridge::shutdown_signal().await;
+                    stop.cancel();
+                }
+            });
+            gito_bridge::simulate::run(
+                &broker,
+                devices,
+                rate,
+                duration.map(std::time::Duration::from_secs),
+                stop,
+            )
+            .await
+            .map(|acked| println!("published {acked} messages"))
+        }
 
         None => match cli.run {
             Some(config) => run(config).await,
