@@ -66,6 +66,11 @@ ensure_python_tools() {
   echo "ready"
 }
 
+ensure_wrk() {
+  command -v wrk >/dev/null || apt_install wrk
+  command -v pgbench >/dev/null || apt_install postgresql-contrib
+}
+
 drop_test_databases() {
   psql_admin -c "SELECT datname FROM pg_database WHERE datname LIKE 'gito\_test\_%'" |
     while read -r db; do psql_admin -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"; done

@@ -52,6 +52,11 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
 
+step "benchmarks, smoke sizes (they must keep running; the figures mean nothing here)"
+ensure_wrk
+cargo build --locked -p gito-bench
+./target/debug/gito-bench all --smoke --out "$(mktemp)" >/dev/null || status=$?
+
 step "the deployment without Docker: compose's environment, entrypoint.sh, data flowing"
 python3 scripts/compose_smoke.py target/debug 2>&1 | tee -a "$log" || status=$?
 
