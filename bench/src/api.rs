@@ -32,7 +32,8 @@ pub async fn run(devices: u64, seconds: u64) -> anyhow::Result<ApiResult> {
         &[
             ("GITO_PROCESSOR", "off".into()),
             ("GITO_LIVE", "off".into()),
-            ("RUST_LOG", "warn".into()),
+            // As many database connections as pgbench gets clients.
+            ("GITO_DB_MAX_CONNECTIONS", CONNECTIONS.into()),
         ],
     )
     .await?;

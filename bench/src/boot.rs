@@ -134,11 +134,13 @@ impl Alembic {
     async fn upgrade_head(&self, db_url: &str) -> anyhow::Result<f64> {
         let url = db_url.replacen("postgres://", "postgresql+psycopg2://", 1);
         let started = Instant::now();
-        run_ok(Command::new(self.python_bin.join("alembic"))
-            .arg("upgrade")
-            .arg("head")
-            .current_dir(&self.dir)
-            .env("ALEMBIC_URL", url))
+        run_ok(
+            Command::new(self.python_bin.join("alembic"))
+                .arg("upgrade")
+                .arg("head")
+                .current_dir(&self.dir)
+                .env("ALEMBIC_URL", url),
+        )
         .await?;
         Ok(started.elapsed().as_secs_f64() * 1000.0)
     }
