@@ -76,10 +76,7 @@ async fn list(
     )
     .fetch_all(&state.pool)
     .await?;
-    if rows.is_empty() {
-        tenants::ensure_exists(&state.pool, tenant_id).await?;
-    }
-    Ok(Json(Page::from_rows(rows, limit)))
+    tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
 /// An open alert becomes acknowledged; acknowledging twice is harmless, a resolved alert is 409.

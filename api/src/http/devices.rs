@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::error::{ApiError, deletion};
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS};
 use super::page::{self, Keyed, Page};
@@ -166,10 +166,7 @@ async fn list(
     )
     .fetch_all(&state.pool)
     .await?;
-    if rows.is_empty() {
-        tenants::ensure_exists(&state.pool, tenant_id).await?;
-    }
-    Ok(Json(Page::from_rows(rows, limit)))
+    tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
 async fn read(
@@ -247,10 +244,7 @@ async fn remove(
     )
     .execute(&state.pool)
     .await?;
-    if deleted.rows_affected() == 0 {
-        return Err(ApiError::NotFound("device"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    deletion(deleted.rows_affected(), "device")
 }
 
 /// A device as returned by the idempotent insert, with whether it was new.

@@ -148,6 +148,15 @@ fn constraint_error(constraint: &str) -> Option<ApiError> {
     })
 }
 
+/// What a DELETE answers: 204, or 404 when nothing (of this tenant) was there.
+pub fn deletion(rows: u64, what: &'static str) -> Result<StatusCode, ApiError> {
+    if rows == 0 {
+        Err(ApiError::NotFound(what))
+    } else {
+        Ok(StatusCode::NO_CONTENT)
+    }
+}
+
 /// For DELETE: a foreign key violation means other rows still point at this one.
 pub fn in_use(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
     move |error| {

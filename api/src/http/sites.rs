@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::error::{ApiError, in_use};
+use super::error::{ApiError, deletion, in_use};
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_NAME_CHARS};
 use super::page::{Keyed, Page, PageParams};
@@ -92,10 +92,7 @@ async fn list(
     )
     .fetch_all(&state.pool)
     .await?;
-    if rows.is_empty() {
-        tenants::ensure_exists(&state.pool, tenant_id).await?;
-    }
-    Ok(Json(Page::from_rows(rows, limit)))
+    tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
 async fn read(
@@ -153,8 +150,5 @@ async fn remove(
     .execute(&state.pool)
     .await
     .map_err(in_use("site"))?;
-    if deleted.rows_affected() == 0 {
-        return Err(ApiError::NotFound("site"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    deletion(deleted.rows_affected(), "site")
 }

@@ -92,8 +92,21 @@ async fn read(
     .ok_or(ApiError::NotFound("tenant"))
 }
 
-/// Lists under a tenant come back empty both for a tenant with nothing and for no tenant at
-/// all; only in that (rare) case do we spend a query telling the two apart.
+/// The answer of a list under a tenant. An empty list may also mean that the tenant does not
+/// exist; only in that (rare) case do we spend a query telling the two apart.
+pub async fn page<T: Keyed>(
+    db: &PgPool,
+    tenant_id: Uuid,
+    rows: Vec<T>,
+    limit: i64,
+) -> Result<Json<Page<T>>, ApiError> {
+    if rows.is_empty() {
+        ensure_exists(db, tenant_id).await?;
+    }
+    Ok(Json(Page::from_rows(rows, limit)))
+}
+
+/// 404 unless the tenant exists.
 pub async fn ensure_exists(db: &PgPool, tenant_id: Uuid) -> Result<(), ApiError> {
     let exists = sqlx::query_scalar!(
         "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1) AS \"exists!\"",
