@@ -17,11 +17,9 @@ use bytes::Bytes;
 use rumqttc::{AsyncClient, Publish, QoS};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api::{DeviceResolver, ResolveError};
-use crate::backoff::Backoff;
 use crate::envelope::{Envelope, telemetry_topic};
 use crate::local::{Delivery, LocalPublisher};
 use crate::mapping::{Mapping, Unmapped};
@@ -33,17 +31,15 @@ use crate::spool::{Record, Spool};
 const SPILL_AFTER: Duration = Duration::from_secs(1);
 /// A message unacknowledged this long goes to the spool whatever the connection says.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
-/// Records the drainer republishes per spool commit.
-const DRAIN_BATCH: usize = 500;
 /// Messages appended to the spool with one fsync.
 const SPOOL_BATCH: usize = 1000;
 
 /// The spool plus whether it is in use: once anything is spooled, every later message is
 /// appended behind it until the drainer has emptied it.
 pub struct SpoolHandle {
-    spool: Mutex<Spool>,
-    active: AtomicBool,
-    wake: Notify,
+    pub(crate) spool: Mutex<Spool>,
+    pub(crate) active: AtomicBool,
+    pub(crate) wake: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -174,7 +170,7 @@ impl Context {
         tracing::warn!(reason = reason.as_str(), topic, "message skipped");
     }
 
-    async fn republish(&self, device_id: Uuid, record: &Record) -> Delivery {
+    pub(crate) async fn republish(&self, device_id: Uuid, record: &Record) -> Delivery {
         let payload = serde_json::to_vec(&record.envelope).expect("envelopes serialize");
         self.publisher
             .publish(
@@ -360,107 +356,5 @@ async fn spool_and_ack(ctx: &Arc<Context>, batch: Vec<(Record, Ack)>) {
         Err(e) => {
             tracing::error!(error = %e, messages = acks.len(), "cannot write the spool; messages left unacknowledged")
         }
-    }
-}
-
-/// Republishes the spool, oldest first, whenever it has records.
-pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
-    let mut api_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        let spool = ctx.spool.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let spool = spool.spool.lock().expect("spool lock");
-            spool.read(DRAIN_BATCH)
-        })
-        .await
-        .expect("spool task");
-        let (records, position) = match read {
-            Ok(read) => read,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the spool");
-                if sleep_or_stop(&stop, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        if records.is_empty() {
-            {
-                let guard = ctx.spool.spool.lock().expect("spool lock");
-                if guard.is_empty() && ctx.spool.active.swap(false, Ordering::SeqCst) {
-                    tracing::info!("spool drained; forwarding directly again");
-                }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = ctx.spool.wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            continue;
-        }
-        let mut deliveries = Vec::with_capacity(records.len());
-        for record in &records {
-            let device_id = loop {
-                if let Some(id) = record.device_id {
-                    break Some(id);
-                }
-                match ctx.resolver.resolve(&record.mapped(), &ctx.metrics).await {
-                    Ok(id) => {
-                        api_backoff.reset();
-                        break Some(id);
-                    }
-                    Err(ResolveError::Rejected { status, body }) => {
-                        ctx.metrics.dropped(DropReason::ApiRejected, 1);
-                        tracing::error!(%status, body, external_id = record.external_id, "the API refused the device; spooled message dropped");
-                        break None;
-                    }
-                    Err(ResolveError::Unavailable(_)) => {
-                        if sleep_or_stop(&stop, api_backoff.next_delay()).await {
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Some(id) = device_id {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    delivery = ctx.republish(id, record) => deliveries.push(delivery),
-                }
-            }
-        }
-        let mut delivered = true;
-        for delivery in deliveries {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                // Cancelled only if the forwarder spilled meanwhile, which it does not while the
-                // spool is active; the batch is then simply republished again.
-                result = delivery => delivered &= result.is_ok(),
-            }
-        }
-        if !delivered {
-            continue;
-        }
-        let spool = ctx.spool.clone();
-        let count = records.len() as u64;
-        let committed = tokio::task::spawn_blocking(move || {
-            spool
-                .spool
-                .lock()
-                .expect("spool lock")
-                .commit(position, count)
-        })
-        .await
-        .expect("spool task");
-        if let Err(e) = committed {
-            tracing::error!(error = %e, "cannot commit the spool cursor; the batch will be republished");
-        }
-    }
-}
-
-/// Sleeps; `true` when `stop` fired first.
-async fn sleep_or_stop(stop: &CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        () = stop.cancelled() => true,
-        () = tokio::time::sleep(delay) => false,
     }
 }

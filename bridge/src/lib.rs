@@ -6,6 +6,7 @@
 pub mod api;
 pub mod backoff;
 pub mod config;
+pub mod drain;
 pub mod envelope;
 pub mod external;
 pub mod forwarder;
@@ -98,7 +99,7 @@ pub async fn run_with_metrics(
         metrics: metrics.clone(),
     });
     let stop_drainer = CancellationToken::new();
-    let drainer = tokio::spawn(forwarder::drain(ctx.clone(), stop_drainer.clone()));
+    let drainer = tokio::spawn(drain::drain(ctx.clone(), stop_drainer.clone()));
     let forwarder = tokio::spawn(forwarder::forward(
         ctx.clone(),
         external.messages,

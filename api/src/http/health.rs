@@ -29,7 +29,13 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         sqlx::query_scalar("SELECT max(version) FROM gito_schema_migrations")
             .fetch_one(&state.pool)
             .await
-            .map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
+            .map_err(|e| {
+                // The cause goes to the log; the answer says no more than a prober needs.
+                tracing::warn!(error = %e, "not ready: the database does not answer");
+                ApiError::Unavailable(
+                    "the database does not answer, or the schema is missing".into(),
+                )
+            })?;
     if current != head {
         return Err(ApiError::Unavailable(format!(
             "schema at version {current:?}, this gito-api expects {head:?}"

@@ -1,0 +1,118 @@
+//! The drainer: republishes the spool, oldest first, whenever it has records, retrying the API
+//! with backoff, and hands the bridge back to direct forwarding once the spool is empty.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ResolveError;
+use crate::backoff::Backoff;
+use crate::forwarder::Context;
+use crate::metrics::DropReason;
+
+/// Records the drainer republishes per spool commit.
+const DRAIN_BATCH: usize = 500;
+
+/// Republishes the spool, oldest first, whenever it has records.
+pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
+    let mut api_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let spool = ctx.spool.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let spool = spool.spool.lock().expect("spool lock");
+            spool.read(DRAIN_BATCH)
+        })
+        .await
+        .expect("spool task");
+        let (records, position) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool");
+                if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if records.is_empty() {
+            {
+                let guard = ctx.spool.spool.lock().expect("spool lock");
+                if guard.is_empty() && ctx.spool.active.swap(false, Ordering::SeqCst) {
+                    tracing::info!("spool drained; forwarding directly again");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = ctx.spool.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in &records {
+            let device_id = loop {
+                if let Some(id) = record.device_id {
+                    break Some(id);
+                }
+                match ctx.resolver.resolve(&record.mapped(), &ctx.metrics).await {
+                    Ok(id) => {
+                        api_backoff.reset();
+                        break Some(id);
+                    }
+                    Err(ResolveError::Rejected { status, body }) => {
+                        ctx.metrics.dropped(DropReason::ApiRejected, 1);
+                        tracing::error!(%status, body, external_id = record.external_id, "the API refused the device; spooled message dropped");
+                        break None;
+                    }
+                    Err(ResolveError::Unavailable(_)) => {
+                        if sleep_or_stop(&stop, api_backoff.next_delay()).await {
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Some(id) = device_id {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    delivery = ctx.republish(id, record) => deliveries.push(delivery),
+                }
+            }
+        }
+        let mut delivered = true;
+        for delivery in deliveries {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                // Cancelled only if the forwarder spilled meanwhile, which it does not while the
+                // spool is active; the batch is then simply republished again.
+                result = delivery => delivered &= result.is_ok(),
+            }
+        }
+        if !delivered {
+            continue;
+        }
+        let spool = ctx.spool.clone();
+        let count = records.len() as u64;
+        let committed = tokio::task::spawn_blocking(move || {
+            spool
+                .spool
+                .lock()
+                .expect("spool lock")
+                .commit(position, count)
+        })
+        .await
+        .expect("spool task");
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "cannot commit the spool cursor; the batch will be republished");
+        }
+    }
+}
+
+/// Sleeps; `true` when `stop` fired first.
+async fn sleep_or_stop(stop: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
