@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::AdminToken;
 use crate::migrate::MigrateArgs;
 
 #[derive(Debug, Parser)]
@@ -16,13 +17,9 @@ use crate::migrate::MigrateArgs;
     version,
     about = "gito tenant API, migrations and telemetry processor"
 )]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// `serve`'s options, so that plain `gito-api` serves.
-    #[command(flatten)]
-    pub serve: ServeConfig,
+    pub command: Command,
     /// Log format on stderr.
     #[arg(
         long,
@@ -32,6 +29,24 @@ pub struct Cli {
         default_value = "pretty"
     )]
     pub log_format: LogFormat,
+}
+
+impl Cli {
+    /// Parses the process arguments; without a subcommand, `gito-api [OPTIONS]` means
+    /// `gito-api serve [OPTIONS]`.
+    pub fn parse_args() -> Cli {
+        Cli::parse_from(with_default_command(std::env::args_os().collect()))
+    }
+}
+
+fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let first = args.get(1).and_then(|a| a.to_str());
+    let names_a_command = first.is_some_and(|a| !a.starts_with('-'))
+        || matches!(first, Some("-h" | "--help" | "-V" | "--version"));
+    if !names_a_command {
+        args.insert(1.min(args.len()), "serve".into());
+    }
+    args
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +66,11 @@ pub enum Command {
         database: DatabaseConfig,
         #[command(subcommand)]
         command: TenantCommand,
+    },
+    /// Tenant API tokens from the command line (bootstrap for deployments).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Inspect and move the schema version.
     Migrate {
@@ -72,6 +92,25 @@ pub enum TenantCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new random tenant token (`gito_<key>_<secret>`); stores nothing.
+    Generate,
+    /// Register the token in GITO_BRIDGE_API_TOKEN for a tenant unless it is registered;
+    /// refuses if that token belongs to another tenant.
+    Ensure {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[arg(long, env = "GITO_TENANT_ID")]
+        tenant_id: uuid::Uuid,
+        #[arg(long, default_value = "bridge")]
+        name: String,
+        /// The token, as `gito-api token generate` prints it.
+        #[arg(long, env = "GITO_BRIDGE_API_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
     /// PostgreSQL URL, e.g. postgres://gito:secret@localhost:5432/gito
@@ -83,6 +122,10 @@ pub struct DatabaseConfig {
 pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseConfig,
+    /// The admin token: may do everything, including creating tenants and their tokens.
+    /// Required; at least 32 characters (`openssl rand -hex 32`).
+    #[arg(long, env = "GITO_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: AdminToken,
     /// Address to listen on.
     #[arg(long, env = "GITO_API_ADDR", default_value = "0.0.0.0:8000")]
     pub addr: SocketAddr,
@@ -196,4 +239,30 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         return Err("must be at least 1 second".to_owned());
     }
     Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        with_default_command(list.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.into_string().expect("UTF-8"))
+            .collect()
+    }
+
+    #[test]
+    fn without_a_command_gito_api_serves() {
+        assert_eq!(args(&["gito-api"]), ["gito-api", "serve"]);
+        assert_eq!(
+            args(&["gito-api", "--addr", "x"]),
+            ["gito-api", "serve", "--addr", "x"]
+        );
+        assert_eq!(
+            args(&["gito-api", "migrate", "up"]),
+            ["gito-api", "migrate", "up"]
+        );
+        assert_eq!(args(&["gito-api", "--help"]), ["gito-api", "--help"]);
+    }
 }

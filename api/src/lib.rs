@@ -2,6 +2,7 @@
 //! telemetry processor. `main.rs` only parses configuration and calls into here, so tests
 //! and benchmarks drive exactly what production runs.
 
+pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod http;

@@ -1,16 +1,15 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use gito_api::config::{Cli, Command, DatabaseConfig, MqttConfig, TenantCommand};
+use gito_api::config::{Cli, Command, DatabaseConfig, MqttConfig, TenantCommand, TokenCommand};
 use gito_api::migrate::{Catalog, commands};
 use gito_api::startup::{Server, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     gito_api::logging::init(cli.log_format);
-    let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+    let result = match cli.command {
         Command::Serve(config) => serve(config).await,
         Command::Processor { database, mqtt } => processor(database, mqtt).await,
         Command::Tenant {
@@ -20,6 +19,28 @@ async fn main() -> ExitCode {
             .await
             .map(|created| {
                 println!("{id} {}", if created { "created" } else { "exists" });
+            }),
+        Command::Token {
+            command: TokenCommand::Generate,
+        } => {
+            println!("{}", gito_api::auth::NewToken::generate().token);
+            Ok(())
+        }
+        Command::Token {
+            command:
+                TokenCommand::Ensure {
+                    database,
+                    tenant_id,
+                    name,
+                    token,
+                },
+        } => gito_api::bootstrap::ensure_token(database.url.expose(), tenant_id, &name, &token)
+            .await
+            .map(|created| {
+                println!(
+                    "token {name} for tenant {tenant_id} {}",
+                    if created { "registered" } else { "exists" }
+                );
             }),
         Command::Migrate { database, args } => {
             commands::run(&args.command, database.url.expose(), Catalog::embedded())

@@ -63,6 +63,7 @@ impl Server {
             AppState {
                 pool: pool.clone(),
                 live,
+                admin: config.admin_token.clone(),
             },
             limits,
         );

@@ -14,6 +14,9 @@ use uuid::Uuid;
 use crate::config::{DatabaseConfig, ServeConfig};
 use crate::startup::Server;
 
+/// The admin token of every API the tests start.
+pub const ADMIN_TOKEN: &str = "gito-test-admin-token-0123456789abcdef";
+
 /// The server tests create their databases on; any database of it will do.
 pub fn server_url() -> String {
     std::env::var("GITO_TEST_DATABASE_URL")
@@ -55,6 +58,7 @@ pub fn serve_config(db_url: &str, addr: SocketAddr) -> ServeConfig {
         database: DatabaseConfig {
             url: db_url.parse().expect("postgres URL"),
         },
+        admin_token: ADMIN_TOKEN.parse().expect("a valid admin token"),
         addr,
         migrate_on_boot: true,
         max_body_bytes: 64 * 1024,
@@ -122,6 +126,56 @@ impl Drop for TestApi {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// An HTTP client that sends `Authorization: Bearer <token>` with every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value: reqwest::header::HeaderValue = format!("Bearer {token}")
+        .parse()
+        .expect("a token is a valid header value");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client")
+}
+
+/// An HTTP client with the admin token of the APIs the tests start.
+pub fn admin_client() -> reqwest::Client {
+    client_with_token(ADMIN_TOKEN)
+}
+
+/// Creates a tenant through the API (as the admin); returns its id.
+pub async fn create_tenant(api_url: &str, name: &str) -> Uuid {
+    let tenant: serde_json::Value = admin_client()
+        .post(format!("{api_url}/tenants"))
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .expect("create tenant")
+        .json()
+        .await
+        .expect("tenant JSON");
+    tenant["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("tenant id")
+}
+
+/// Creates a token for `tenant_id` through the API (as the admin); returns its secret.
+pub async fn create_tenant_token(api_url: &str, tenant_id: Uuid) -> String {
+    let created: serde_json::Value = admin_client()
+        .post(format!("{api_url}/tenants/{tenant_id}/tokens"))
+        .json(&serde_json::json!({ "name": "test" }))
+        .send()
+        .await
+        .expect("create token")
+        .json()
+        .await
+        .expect("token JSON");
+    created["token"].as_str().expect("token secret").to_owned()
 }
 
 /// A port that was free a moment ago.

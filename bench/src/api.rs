@@ -37,7 +37,9 @@ pub async fn run(devices: u64, seconds: u64) -> anyhow::Result<ApiResult> {
         ],
     )
     .await?;
-    let tenant = stack::create_tenant(&api.url).await?;
+    let stack::Tenant { id: tenant, token } = stack::create_tenant(&api.url).await?;
+    let auth = format!("Authorization: Bearer {token}");
+    let admin = format!("Authorization: Bearer {}", gito_api::testing::ADMIN_TOKEN);
     let mut conn = PgConnection::connect(&db.url).await?;
     sqlx::query(
         "INSERT INTO devices (id, tenant_id, name, external_id, device_type)
@@ -69,6 +71,7 @@ pub async fn run(devices: u64, seconds: u64) -> anyhow::Result<ApiResult> {
         wrk(
             "GET .../devices?limit=100",
             &format!("{base}?limit=100"),
+            &auth,
             None,
             seconds,
         )
@@ -76,6 +79,15 @@ pub async fn run(devices: u64, seconds: u64) -> anyhow::Result<ApiResult> {
         wrk(
             "GET .../devices/{id}",
             &format!("{base}/{device}"),
+            &auth,
+            None,
+            seconds,
+        )
+        .await?,
+        wrk(
+            "GET .../devices/{id} (admin token: no token lookup)",
+            &format!("{base}/{device}"),
+            &admin,
             None,
             seconds,
         )
@@ -83,6 +95,7 @@ pub async fn run(devices: u64, seconds: u64) -> anyhow::Result<ApiResult> {
         wrk(
             "POST .../devices (existing external_id)",
             &base,
+            &auth,
             Some(&post),
             seconds,
         )
@@ -101,6 +114,7 @@ pub async fn run(devices: u64, seconds: u64) -> anyhow::Result<ApiResult> {
 async fn wrk(
     what: &'static str,
     url: &str,
+    header: &str,
     script: Option<&std::path::Path>,
     seconds: u64,
 ) -> anyhow::Result<Load> {
@@ -112,6 +126,8 @@ async fn wrk(
         "-d",
         &format!("{seconds}s"),
         "--latency",
+        "-H",
+        header,
     ]);
     if let Some(script) = script {
         command.arg("-s").arg(script);

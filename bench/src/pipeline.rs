@@ -46,7 +46,7 @@ pub async fn run(messages: u64, devices: u64) -> anyhow::Result<PipelineResult> 
         "gito-bench-spool-{}",
         uuid::Uuid::new_v4().simple()
     ));
-    let bridge = stack::start_bridge(external.port, local.port, &api.url, tenant, &spool).await?;
+    let bridge = stack::start_bridge(external.port, local.port, &api.url, &tenant, &spool).await?;
     let mut conn = PgConnection::connect(&db.url).await?;
 
     // Warm-up: every device is created and seen once, outside the timing.

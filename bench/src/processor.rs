@@ -32,8 +32,8 @@ pub async fn run(messages: u64, devices: usize) -> anyhow::Result<ProcessorResul
         ],
     )
     .await?;
-    let tenant = stack::create_tenant(&api.url).await?;
-    let ids = create_devices(&api.url, tenant, devices).await?;
+    let stack::Tenant { id: tenant, token } = stack::create_tenant(&api.url).await?;
+    let ids = create_devices(&api.url, tenant, &token, devices).await?;
     api.process.stop().await;
 
     // The processor's session must exist for the broker to keep the backlog for it.
@@ -82,8 +82,13 @@ pub async fn run(messages: u64, devices: usize) -> anyhow::Result<ProcessorResul
     })
 }
 
-async fn create_devices(api_url: &str, tenant: Uuid, n: usize) -> anyhow::Result<Vec<Uuid>> {
-    let http = reqwest::Client::new();
+async fn create_devices(
+    api_url: &str,
+    tenant: Uuid,
+    token: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Uuid>> {
+    let http = gito_api::testing::client_with_token(token);
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let device: Value = http

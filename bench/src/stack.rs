@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use gito_api::testing::free_port;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::procs::Process;
@@ -19,6 +18,10 @@ pub async fn start_api(db_url: &str, extra_env: &[(&str, String)]) -> anyhow::Re
     let url = format!("http://127.0.0.1:{}", free_port());
     let mut env = vec![
         ("DATABASE_URL", db_url.to_owned()),
+        (
+            "GITO_ADMIN_TOKEN",
+            gito_api::testing::ADMIN_TOKEN.to_owned(),
+        ),
         (
             "GITO_API_ADDR",
             url.trim_start_matches("http://").to_owned(),
@@ -49,25 +52,23 @@ pub async fn wait_http_ok(url: &str, deadline: Duration) -> anyhow::Result<Durat
     anyhow::bail!("{url} not OK within {deadline:?}")
 }
 
-pub async fn create_tenant(api_url: &str) -> anyhow::Result<Uuid> {
-    let tenant: Value = reqwest::Client::new()
-        .post(format!("{api_url}/tenants"))
-        .json(&json!({ "name": "bench" }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    tenant["id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .context("tenant id")
+/// A tenant and a token of it, as the bridge and the benchmarks' clients use.
+pub struct Tenant {
+    pub id: Uuid,
+    pub token: String,
+}
+
+pub async fn create_tenant(api_url: &str) -> anyhow::Result<Tenant> {
+    let id = gito_api::testing::create_tenant(api_url, "bench").await;
+    let token = gito_api::testing::create_tenant_token(api_url, id).await;
+    Ok(Tenant { id, token })
 }
 
 pub async fn start_bridge(
     external_port: u16,
     local_port: u16,
     api_url: &str,
-    tenant: Uuid,
+    tenant: &Tenant,
     spool: &std::path::Path,
 ) -> anyhow::Result<Process> {
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -83,7 +84,8 @@ pub async fn start_bridge(
                 format!("mqtt://127.0.0.1:{local_port}"),
             ),
             ("GITO_API_URL", api_url.to_owned()),
-            ("GITO_TENANT_ID", tenant.to_string()),
+            ("GITO_TENANT_ID", tenant.id.to_string()),
+            ("GITO_API_TOKEN", tenant.token.clone()),
             ("GITO_BRIDGE_SPOOL_DIR", spool.display().to_string()),
             ("GITO_BRIDGE_METRICS_ADDR", metrics.clone()),
         ],

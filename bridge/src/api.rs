@@ -29,7 +29,7 @@ pub enum ResolveError {
 pub struct DeviceResolver {
     http: reqwest::Client,
     devices_url: Url,
-    token: Option<Secret>,
+    token: Secret,
     cache: Mutex<HashMap<String, Uuid>>,
 }
 
@@ -39,7 +39,7 @@ struct Created {
 }
 
 impl DeviceResolver {
-    pub fn new(api_url: &Url, tenant_id: Uuid, token: Option<Secret>) -> anyhow::Result<Self> {
+    pub fn new(api_url: &Url, tenant_id: Uuid, token: Secret) -> anyhow::Result<Self> {
         let devices_url = api_url.join(&format!("tenants/{tenant_id}/devices"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -87,14 +87,15 @@ impl DeviceResolver {
     }
 
     async fn create(&self, mapped: &Mapped) -> Result<(Uuid, bool), ResolveError> {
-        let mut request = self.http.post(self.devices_url.clone()).json(&json!({
-            "name": mapped.name,
-            "external_id": mapped.external_id,
-            "device_type": mapped.device_type,
-        }));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token.expose());
-        }
+        let request = self
+            .http
+            .post(self.devices_url.clone())
+            .bearer_auth(self.token.expose())
+            .json(&json!({
+                "name": mapped.name,
+                "external_id": mapped.external_id,
+                "device_type": mapped.device_type,
+            }));
         let response = request
             .send()
             .await

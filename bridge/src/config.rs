@@ -98,9 +98,9 @@ pub struct BridgeConfig {
     /// The tenant the discovered devices belong to.
     #[arg(long, env = "GITO_TENANT_ID")]
     pub tenant_id: Uuid,
-    /// Sent to the API as `Authorization: Bearer`.
+    /// A token of the tenant (or the admin token), sent to the API as `Authorization: Bearer`.
     #[arg(long, env = "GITO_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<Secret>,
+    pub api_token: Secret,
     /// TOML file of topic mapping rules (default: device = topic without its last level).
     #[arg(long, env = "GITO_BRIDGE_MAPPING")]
     pub mapping: Option<PathBuf>,

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::Request;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -15,6 +15,12 @@ pub enum ApiError {
     /// The request itself is unreadable: malformed JSON, a bad id in the path, a bad query.
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// No token, or one that is not (or no longer) valid. Answered with `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A valid token that may not do this (a tenant token on an admin-only route).
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -53,6 +59,8 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -67,6 +75,8 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Unprocessable { code, .. }
             | ApiError::Rejected { code, .. } => code,
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
@@ -81,7 +91,13 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %error_chain(cause.as_ref()), "request failed");
         }
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        (self.status_code(), Json(body)).into_response()
+        let mut response = (self.status_code(), Json(body)).into_response();
+        if let ApiError::Unauthorized(_) = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 

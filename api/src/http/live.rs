@@ -123,6 +123,9 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct LiveFilter {
     device_id: Option<Uuid>,
+    /// The token, for browsers; checked by the auth layer before this handler runs.
+    #[serde(default, rename = "token")]
+    _token: Option<String>,
 }
 
 async fn connect(

@@ -2,6 +2,7 @@
 
 mod alert_rules;
 mod alerts;
+mod auth;
 mod device_groups;
 
 mod device_types;
@@ -17,6 +18,7 @@ mod page;
 mod sites;
 mod telemetry;
 mod tenants;
+mod tokens;
 
 use std::time::Duration;
 
@@ -34,8 +36,11 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::AdminToken;
+
 pub use alert_rules::AlertRule;
 pub use alerts::Alert;
+pub use auth::Principal;
 pub use device_types::{MetricSpec, TelemetrySchema};
 pub use error::ApiError;
 pub use live::Live;
@@ -45,6 +50,7 @@ pub struct AppState {
     pub pool: PgPool,
     /// The WebSocket fan-out; `None` when disabled.
     pub live: Option<Live>,
+    pub admin: AdminToken,
 }
 
 /// Limits applied to every request.
@@ -69,7 +75,8 @@ pub fn app(state: AppState, limits: Limits) -> Router {
                     tracing::info_span!(
                         "request",
                         method = %request.method(),
-                        uri = %request.uri(),
+                        // The path only: a WebSocket's query may carry a token.
+                        path = %request.uri().path(),
                         request_id = id.unwrap_or_default(),
                     )
                 })
@@ -84,9 +91,9 @@ pub fn app(state: AppState, limits: Limits) -> Router {
             limits.request_timeout,
         ))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes));
-    Router::new()
-        .merge(health::router())
+    let protected = Router::new()
         .merge(tenants::router())
+        .merge(tokens::router())
         .merge(organizations::router())
         .merge(sites::router())
         .merge(device_groups::router())
@@ -96,6 +103,13 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(alert_rules::router())
         .merge(alerts::router())
         .merge(live::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .merge(health::router())
+        .merge(protected)
         .fallback(|| async { ApiError::NotFound("route") })
         .with_state(state)
         .layer(layers)

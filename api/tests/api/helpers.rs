@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-pub use gito_api::testing::{TestApi, TestDb};
+pub use gito_api::testing::{ADMIN_TOKEN, TestApi, TestDb, admin_client};
 
 /// The API served in-process on a random port against a fresh, migrated database.
 pub struct TestApp {
@@ -31,7 +31,7 @@ impl TestApp {
         TestApp {
             addr: api.addr,
             pool,
-            client: reqwest::Client::new(),
+            client: admin_client(),
             _api: api,
         }
     }
@@ -131,6 +131,7 @@ pub fn gito_api(db_url: &str, args: &[&str]) -> Command {
         .args(args)
         .env_clear()
         .env("DATABASE_URL", db_url)
+        .env("GITO_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("GITO_API_ADDR", "127.0.0.1:0")
         .env("GITO_LOG_FORMAT", "json")
         .env("GITO_DB_MAX_CONNECTIONS", "2")

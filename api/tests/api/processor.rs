@@ -31,7 +31,7 @@ impl Stack {
             api,
             db,
             broker,
-            http: reqwest::Client::new(),
+            http: gito_api::testing::admin_client(),
         }
     }
 
@@ -308,7 +308,9 @@ async fn an_alert_opens_once_resolves_can_be_acknowledged_and_reaches_websocket_
             json!({ "name": "hot", "metric": "T", "operator": ">", "threshold": 80.0 }),
         )
         .await;
-    let ws_url = format!("ws://{}/tenants/{tenant}/ws", stack.api.addr);
+    // Browsers cannot set headers on a WebSocket: the tenant's token goes in the query.
+    let token = gito_api::testing::create_tenant_token(&stack.api.url(), tenant).await;
+    let ws_url = format!("ws://{}/tenants/{tenant}/ws?token={token}", stack.api.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
         .expect("websocket");
@@ -487,7 +489,7 @@ async fn stream_setup(devices: usize) -> (TestDb, Broker, Uuid, Vec<Uuid>) {
     let db = TestDb::new().await;
     let broker = Broker::start_with("max_inflight_messages 1000\n").await;
     let api = TestApi::start(&db.url, "127.0.0.1:0".parse().expect("address")).await;
-    let http = reqwest::Client::new();
+    let http = gito_api::testing::admin_client();
     let tenant: Value = http
         .post(format!("{}/tenants", api.url()))
         .json(&json!({ "name": "t" }))

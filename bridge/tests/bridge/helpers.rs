@@ -26,6 +26,8 @@ pub struct Stack {
     pub local: Broker,
     pub tenant: Uuid,
     pub spool: tempfile::TempDir,
+    /// The tenant token the bridge uses.
+    pub token: String,
     http: reqwest::Client,
 }
 
@@ -33,26 +35,18 @@ impl Stack {
     pub async fn start() -> Stack {
         let db = TestDb::new().await;
         let api = TestApi::start(&db.url, "127.0.0.1:0".parse().expect("address")).await;
-        let http = reqwest::Client::new();
-        let tenant: Value = http
-            .post(format!("{}/tenants", api.url()))
-            .json(&json!({ "name": "plant" }))
-            .send()
-            .await
-            .expect("create tenant")
-            .json()
-            .await
-            .expect("tenant json");
+        let tenant = gito_api::testing::create_tenant(&api.url(), "plant").await;
+        // The bridge works with a token of its own tenant, as deployed.
+        let token = gito_api::testing::create_tenant_token(&api.url(), tenant).await;
+        let http = gito_api::testing::client_with_token(&token);
         Stack {
             api_addr: api.addr,
             api: Some(api),
             db,
             external: Broker::start().await,
             local: Broker::start().await,
-            tenant: tenant["id"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .expect("tenant id"),
+            tenant,
+            token,
             spool: tempfile::tempdir().expect("spool dir"),
             http,
         }
@@ -65,7 +59,7 @@ impl Stack {
             local_mqtt_url: self.local.url().parse().expect("url"),
             api_url: format!("http://{}", self.api_addr).parse().expect("url"),
             tenant_id: self.tenant,
-            api_token: None,
+            api_token: self.token.parse().expect("token"),
             mapping: None,
             spool_dir: self.spool.path().to_owned(),
             spool_max_bytes: 64 << 20,
@@ -82,6 +76,7 @@ impl Stack {
             ("GITO_LOCAL_MQTT_URL", self.local.url()),
             ("GITO_API_URL", format!("http://{}", self.api_addr)),
             ("GITO_TENANT_ID", self.tenant.to_string()),
+            ("GITO_API_TOKEN", self.token.clone()),
             (
                 "GITO_BRIDGE_SPOOL_DIR",
                 self.spool.path().display().to_string(),

@@ -1,0 +1,124 @@
+//! Tenant API tokens, managed by the admin: created with the secret shown once, listed without
+//! it, revoked by deletion (the next request with the token is refused).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::error::{ApiError, deletion};
+use super::extract::{Json, Path, Query};
+use super::fields::{self, MAX_NAME_CHARS};
+use super::page::{Keyed, PageParams};
+use super::{AppState, tenants};
+use crate::auth::{NewToken, TOKEN_PREFIX};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tenants/{tenant_id}/tokens", get(list).post(create))
+        .route("/tenants/{tenant_id}/tokens/{id}", delete(revoke))
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Serialize)]
+pub struct Token {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    /// The token's public beginning (`gito_<key_id>`), to recognise it without the secret.
+    pub prefix: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Keyed for Token {
+    fn key(&self) -> Uuid {
+        self.id
+    }
+}
+
+/// The answer of a creation: the only time the secret is shown.
+#[derive(Debug, Serialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: Token,
+    /// Send as `Authorization: Bearer <token>`. Store it now: it cannot be shown again.
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenRequest {
+    name: String,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Json(body): Json<NewTokenRequest>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let name = fields::text("name", &body.name, MAX_NAME_CHARS)?;
+    let new = NewToken::generate();
+    let info = sqlx::query_as!(
+        Token,
+        r#"INSERT INTO api_tokens (id, tenant_id, name, key_id, secret_sha256)
+           VALUES ($1, $2, $3, $4, $5)
+           RETURNING id, tenant_id, name, $6 || key_id AS "prefix!", created_at"#,
+        Uuid::now_v7(),
+        tenant_id,
+        name,
+        new.key_id,
+        &new.secret_sha256[..],
+        TOKEN_PREFIX
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    tracing::info!(token_id = %info.id, %tenant_id, prefix = %info.prefix, "token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            info,
+            token: new.token,
+        }),
+    ))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Query(page): Query<PageParams>,
+) -> Result<Json<super::page::Page<Token>>, ApiError> {
+    let limit = page.limit()?;
+    let rows = sqlx::query_as!(
+        Token,
+        r#"SELECT id, tenant_id, name, $4 || key_id AS "prefix!", created_at FROM api_tokens
+           WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"#,
+        tenant_id,
+        page.after()?,
+        limit + 1,
+        TOKEN_PREFIX
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    tenants::page(&state.pool, tenant_id, rows, limit).await
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Path((tenant_id, id)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = sqlx::query!(
+        "DELETE FROM api_tokens WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .execute(&state.pool)
+    .await?;
+    if deleted.rows_affected() == 1 {
+        tracing::info!(token_id = %id, %tenant_id, "token revoked");
+    }
+    deletion(deleted.rows_affected(), "token")
+}

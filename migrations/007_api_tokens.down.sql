@@ -1,0 +1,2 @@
+-- Every tenant token stops working; the admin token (GITO_ADMIN_TOKEN) is unaffected.
+DROP TABLE api_tokens;
