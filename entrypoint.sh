@@ -1,8 +1,8 @@
 #!/bin/sh
 # gito container entry point.
 #   (no command) or `serve`: wait for PostgreSQL, run `gito-api migrate up` (a failure is shown in
-#   `docker logs` and stops the container), create the tenant GITO_TENANT_ID if set, then
-#   `exec gito-api serve`.
+#   `docker logs` and stops the container), create the tenant GITO_TENANT_ID if set and register
+#   GITO_BRIDGE_API_TOKEN as its token if set, then `exec gito-api serve`.
 #   Anything else runs as is: `gito-bridge`, `gito-api migrate current`, a shell.
 set -eu
 
@@ -33,6 +33,9 @@ fi
 
 if [ -n "${GITO_TENANT_ID:-}" ]; then
   gito-api tenant ensure --id "$GITO_TENANT_ID" --name "${GITO_TENANT_NAME:-default}"
+  if [ -n "${GITO_BRIDGE_API_TOKEN:-}" ]; then
+    gito-api token ensure --tenant-id "$GITO_TENANT_ID" --name bridge
+  fi
 fi
 
 rm -f "$error_file"

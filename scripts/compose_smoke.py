@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import yaml
@@ -92,9 +93,56 @@ def wait(what, predicate, deadline=60):
     return check(what, False, f"not within {deadline} s")
 
 
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=5) as response:
+def get_json(url, token=None):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)
+
+
+def http_status(url, token=None):
+    try:
+        return get_json(url, token) and 200
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def mqtt_pub(port, user, password, topic, client_id):
+    """mosquitto_pub at QoS 1: returns (exit code, output). It waits for the PUBACK."""
+    args = ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-i", client_id, "-q", "1", "-t", topic, "-m", "1"]
+    if user:
+        args += ["-u", user, "-P", password]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=15)
+    return result.returncode, result.stdout + result.stderr
+
+
+def mqtt_acl_checks(port, env, tenant):
+    """The local broker's users and ACL, as init.sh generated them from the compose environment."""
+    code, out = mqtt_pub(port, "gito-bridge", "not-the-password", f"{tenant}/devices/x/telemetry", "smoke-wrong")
+    check("mqtt: wrong credentials are refused", code != 0 and "not authori" in out.lower(), out)
+    code, out = mqtt_pub(port, None, None, f"{tenant}/devices/x/telemetry", "smoke-anonymous")
+    check("mqtt: anonymous clients are refused", code != 0 and "not authori" in out.lower(), out)
+
+    # The processor's user sees both topics; the bridge's user publishes to another tenant's
+    # prefix, then to its own. The broker keeps order: if the first message seen is the bridge's
+    # own, the other one was dropped by the ACL.
+    other = "01939d2a-0000-7000-8000-00000000beef"
+    own_topic, other_topic = f"{tenant}/devices/acl-probe/telemetry", f"{other}/devices/acl-probe/telemetry"
+    subscriber = subprocess.Popen(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-i", "smoke-acl-sub", "-u", "gito-api", "-P", env["MQTT_API_PASSWORD"],
+         "-q", "1", "-t", own_topic, "-t", other_topic, "-v", "-d", "-C", "1", "-W", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in subscriber.stdout:
+        lines.append(line.rstrip())
+        if "SUBACK" in line:
+            break
+    bridge = ("gito-bridge", env["MQTT_BRIDGE_PASSWORD"])
+    other_code, _ = mqtt_pub(port, *bridge, other_topic, "smoke-acl-other")
+    own_code, _ = mqtt_pub(port, *bridge, own_topic, "smoke-acl-own")
+    rest, _ = subscriber.communicate(timeout=30)
+    received = [line for line in (lines + rest.splitlines()) if line.endswith(" 1") and "/devices/" in line]
+    check("mqtt: the bridge's user publishes under its tenant's prefix", own_code == 0 and received[:1] == [f"{own_topic} 1"], "\n".join(lines + rest.splitlines())[-800:])
+    check("mqtt: the bridge's user cannot publish under another tenant's prefix", other_code == 0 and all(other_topic not in line for line in received), "\n".join(received))
 
 
 compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
@@ -154,13 +202,18 @@ try:
     simulator = [rehost(a, HOSTS) for a in compose["services"]["simulator"]["command"]] + ["--duration", "20"]
     start([os.path.join(ROOT, "entrypoint.sh")] + simulator, {}, "simulator.log")
     tenant = dotenv["GITO_TENANT_ID"]
+    token = bridge_env["GITO_API_TOKEN"]  # registered for the tenant by entrypoint.sh
     devices_url = f"http://127.0.0.1:{api_port}/tenants/{tenant}/devices?limit=1000"
-    check("devices discovered through the bridge", wait("devices", lambda: len(get_json(devices_url)["items"]) >= 5))
+    check("devices discovered through the bridge", wait("devices", lambda: len(get_json(devices_url, token)["items"]) >= 5))
 
     def stored():
-        device = get_json(devices_url)["items"][0]["id"]
-        return len(get_json(f"http://127.0.0.1:{api_port}/tenants/{tenant}/devices/{device}/latest")) > 0
+        device = get_json(devices_url, token)["items"][0]["id"]
+        return len(get_json(f"http://127.0.0.1:{api_port}/tenants/{tenant}/devices/{device}/latest", token)) > 0
     check("telemetry stored by the processor (through the authenticated broker)", wait("telemetry", stored))
+    check("api: no token, 401", http_status(devices_url) == 401)
+    check("api: the bridge's token may not list tenants (403)", http_status(f"http://127.0.0.1:{api_port}/tenants", token) == 403)
+    check("api: the admin token lists tenants", http_status(f"http://127.0.0.1:{api_port}/tenants", api_env["GITO_ADMIN_TOKEN"]) == 200)
+    mqtt_acl_checks(PORTS["mosquitto"]["1883"], mosquitto_env, tenant)
 
     # A broken migration: the table 006 creates already exists. entrypoint.sh must stop, loudly.
     broken = "gito_compose_broken"

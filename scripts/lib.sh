@@ -47,6 +47,7 @@ ensure_postgres() {
 ensure_mosquitto() {
   step "Mosquitto"
   command -v mosquitto >/dev/null || apt_install mosquitto mosquitto-clients
+  command -v mosquitto_pub >/dev/null || apt_install mosquitto-clients
   command -v mosquitto >/dev/null || die "mosquitto did not install"
   echo "found $(command -v mosquitto)"
 }

@@ -16,6 +16,9 @@ external_port="${GITO_EXTERNAL_MQTT_PORT:-11884}"
 tenant="${GITO_TENANT_ID:-01939d2a-0000-7000-8000-000000000001}"
 api_password="local-api-$RANDOM$RANDOM"
 bridge_password="local-bridge-$RANDOM$RANDOM"
+# Tokens for this run (README, "Tokens"): export GITO_ADMIN_TOKEN to keep your own.
+admin_token="${GITO_ADMIN_TOKEN:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}"
+bridge_token="gito_$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')_$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
 started_at=$(date +%s)
 
 ensure_postgres
@@ -57,7 +60,7 @@ pids+=($!)
 
 step "gito-api on :$api_port"
 DATABASE_URL="$database_url" GITO_API_ADDR="127.0.0.1:$api_port" GITO_TENANT_ID="$tenant" GITO_TENANT_NAME=demo \
-  GITO_MQTT_URL="mqtt://gito-api:$api_password@127.0.0.1:$local_port" ./entrypoint.sh 2>"$run_dir/api.log" &
+  GITO_ADMIN_TOKEN="$admin_token" GITO_BRIDGE_API_TOKEN="$bridge_token" GITO_MQTT_URL="mqtt://gito-api:$api_password@127.0.0.1:$local_port" ./entrypoint.sh 2>"$run_dir/api.log" &
 pids+=($!)
 for _ in $(seq 1 300); do
   curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null && break
@@ -68,14 +71,14 @@ curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null || die "gito-api not read
 
 step "gito-bridge and the simulator"
 GITO_EXTERNAL_MQTT_URL="mqtt://127.0.0.1:$external_port" GITO_LOCAL_MQTT_URL="mqtt://gito-bridge:$bridge_password@127.0.0.1:$local_port" \
-  GITO_API_URL="http://127.0.0.1:$api_port" GITO_TENANT_ID="$tenant" GITO_BRIDGE_SPOOL_DIR="$run_dir/spool" \
+  GITO_API_URL="http://127.0.0.1:$api_port" GITO_API_TOKEN="$bridge_token" GITO_TENANT_ID="$tenant" GITO_BRIDGE_SPOOL_DIR="$run_dir/spool" \
   gito-bridge 2>"$run_dir/bridge.log" &
 pids+=($!)
 gito-bridge simulate --broker "mqtt://127.0.0.1:$external_port" --devices 30 --rate 20 >/dev/null 2>"$run_dir/simulator.log" &
 pids+=($!)
 
 for _ in $(seq 1 100); do
-  count=$(curl -sf "http://127.0.0.1:$api_port/tenants/$tenant/devices?limit=1000" | grep -o '"external_id"' | wc -l || true)
+  count=$(curl -sf -H "Authorization: Bearer $bridge_token" "http://127.0.0.1:$api_port/tenants/$tenant/devices?limit=1000" | grep -o '"external_id"' | wc -l || true)
   [ "${count:-0}" -gt 0 ] && break
   sleep 0.1
 done
@@ -84,11 +87,13 @@ cat <<INFO
 
 gito is running ($(( $(date +%s) - started_at )) s to here). Ctrl-C stops it.
 
-  API            http://127.0.0.1:$api_port      (health: /health, ready: /ready)
+  API            http://127.0.0.1:$api_port      (health: /health, ready: /ready, docs: /docs)
   tenant         $tenant
-  devices        curl -s 'http://127.0.0.1:$api_port/tenants/$tenant/devices?limit=5'
-  unclassified   curl -s 'http://127.0.0.1:$api_port/tenants/$tenant/devices?unassigned=true'
-  live updates   ws://127.0.0.1:$api_port/tenants/$tenant/ws
+  tokens         export GITO_ADMIN_TOKEN=$admin_token
+                 export GITO_TOKEN=$bridge_token   (the tenant's, used by the bridge)
+  devices        curl -s -H "Authorization: Bearer \$GITO_TOKEN" 'http://127.0.0.1:$api_port/tenants/$tenant/devices?limit=5'
+  unclassified   curl -s -H "Authorization: Bearer \$GITO_TOKEN" 'http://127.0.0.1:$api_port/tenants/$tenant/devices?unassigned=true'
+  live updates   ws://127.0.0.1:$api_port/tenants/$tenant/ws?token=\$GITO_TOKEN
   brokers        local mqtt://127.0.0.1:$local_port (users gito-api, gito-bridge), external mqtt://127.0.0.1:$external_port
   logs           $run_dir/{api,bridge,simulator}.log
 

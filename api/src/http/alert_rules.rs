@@ -1,32 +1,30 @@
 //! Alert rules: "open an alert when METRIC OPERATOR THRESHOLD", for every device of the tenant or
 //! one scope (a device, a device type, or a device-type string as the bridge sets it).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::{ApiError, deletion, in_use};
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_NAME_CHARS};
+use super::openapi::{ItemPath, Name, TenantPath};
 use super::page::{Keyed, Page, PageParams};
 use super::{AppState, tenants};
 
 const OPERATORS: [&str; 6] = [">", ">=", "<", "<=", "==", "!="];
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tenants/{tenant_id}/alert-rules", get(list).post(create))
-        .route(
-            "/tenants/{tenant_id}/alert-rules/{id}",
-            get(read).patch(update).delete(remove),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AlertRule {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -49,21 +47,25 @@ impl Keyed for AlertRule {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewRule {
+    #[schema(value_type = Name)]
     name: String,
+    #[schema(value_type = Name)]
     metric: String,
     operator: String,
     threshold: f64,
     device_id: Option<Uuid>,
     device_type_id: Option<Uuid>,
+    #[schema(value_type = Option<Name>)]
     device_type: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RulePatch {
+    #[schema(value_type = Option<Name>)]
     name: Option<String>,
     operator: Option<String>,
     threshold: Option<f64>,
@@ -80,6 +82,8 @@ fn operator(op: &str) -> Result<String, ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/tenants/{tenant_id}/alert-rules", tag = "alerts", params(TenantPath), request_body = NewRule,
+    responses((status = 201, description = "Created", body = AlertRule)))]
 async fn create(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -132,6 +136,8 @@ fn finite(threshold: f64) -> Result<f64, ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/alert-rules", tag = "alerts", params(TenantPath, PageParams),
+    responses((status = 200, description = "One page, oldest first", body = Page<AlertRule>)))]
 async fn list(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -152,6 +158,8 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/alert-rules/{id}", tag = "alerts", params(ItemPath),
+    responses((status = 200, description = "The alert rule", body = AlertRule)))]
 async fn read(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -170,6 +178,8 @@ async fn read(
     .ok_or(ApiError::NotFound("alert rule"))
 }
 
+#[utoipa::path(patch, path = "/tenants/{tenant_id}/alert-rules/{id}", tag = "alerts", params(ItemPath), request_body = RulePatch,
+    responses((status = 200, description = "The updated alert rule", body = AlertRule)))]
 async fn update(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -197,6 +207,8 @@ async fn update(
     .ok_or(ApiError::NotFound("alert rule"))
 }
 
+#[utoipa::path(delete, path = "/tenants/{tenant_id}/alert-rules/{id}", tag = "alerts", params(ItemPath),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,

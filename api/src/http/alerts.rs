@@ -1,24 +1,25 @@
 //! Alerts the processor opened and resolved; operators list and acknowledge them.
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
+use super::openapi::{ItemPath, TenantPath};
 use super::page::{self, Keyed, Page};
 use super::{AppState, tenants};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tenants/{tenant_id}/alerts", get(list))
-        .route("/tenants/{tenant_id}/alerts/{id}/ack", post(acknowledge))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(acknowledge))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Alert {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -41,14 +42,20 @@ impl Keyed for Alert {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AlertFilter {
+    /// `open` (unresolved, unacknowledged), `acknowledged` or `resolved`.
     state: Option<String>,
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/alerts", tag = "alerts", params(TenantPath, AlertFilter),
+    responses((status = 200, description = "One page, oldest first", body = Page<Alert>)))]
 async fn list(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -80,6 +87,8 @@ async fn list(
 }
 
 /// An open alert becomes acknowledged; acknowledging twice is harmless, a resolved alert is 409.
+#[utoipa::path(post, path = "/tenants/{tenant_id}/alerts/{id}/ack", tag = "alerts", params(ItemPath),
+    responses((status = 200, description = "The alert, acknowledged (again: unchanged)", body = Alert)))]
 async fn acknowledge(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,

@@ -52,10 +52,10 @@ fn presented(request: &Request) -> Result<String, ApiError> {
     struct TokenParam {
         token: Option<String>,
     }
-    if request.uri().path().ends_with("/ws") {
-        if let Ok(Query(TokenParam { token: Some(token) })) = Query::try_from_uri(request.uri()) {
-            return Ok(token);
-        }
+    if request.uri().path().ends_with("/ws")
+        && let Ok(Query(TokenParam { token: Some(token) })) = Query::try_from_uri(request.uri())
+    {
+        return Ok(token);
     }
     Err(ApiError::Unauthorized(
         "missing `Authorization: Bearer <token>`",

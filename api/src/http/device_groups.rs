@@ -1,29 +1,27 @@
 //! Device groups: sets of devices, optionally placed at a site of the tenant.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::{ApiError, deletion, in_use};
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_NAME_CHARS};
+use super::openapi::{ItemPath, Name, TenantPath};
 use super::page::{Keyed, Page, PageParams};
 use super::{AppState, tenants};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tenants/{tenant_id}/device-groups", get(list).post(create))
-        .route(
-            "/tenants/{tenant_id}/device-groups/{id}",
-            get(read).patch(update).delete(remove),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeviceGroup {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -41,21 +39,25 @@ impl Keyed for DeviceGroup {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewDeviceGroup {
+    #[schema(value_type = Name)]
     name: String,
     site_id: Option<Uuid>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeviceGroupPatch {
+    #[schema(value_type = Option<Name>)]
     name: Option<String>,
     #[serde(default, deserialize_with = "fields::patch")]
     site_id: Option<Option<Uuid>>,
 }
 
+#[utoipa::path(post, path = "/tenants/{tenant_id}/device-groups", tag = "hierarchy", params(TenantPath), request_body = NewDeviceGroup,
+    responses((status = 201, description = "Created", body = DeviceGroup)))]
 async fn create(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -76,6 +78,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/device-groups", tag = "hierarchy", params(TenantPath, PageParams),
+    responses((status = 200, description = "One page, oldest first", body = Page<DeviceGroup>)))]
 async fn list(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -95,6 +99,8 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/device-groups/{id}", tag = "hierarchy", params(ItemPath),
+    responses((status = 200, description = "The device group", body = DeviceGroup)))]
 async fn read(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -112,6 +118,8 @@ async fn read(
     .ok_or(ApiError::NotFound("device group"))
 }
 
+#[utoipa::path(patch, path = "/tenants/{tenant_id}/device-groups/{id}", tag = "hierarchy", params(ItemPath), request_body = DeviceGroupPatch,
+    responses((status = 200, description = "The updated device group", body = DeviceGroup)))]
 async fn update(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -138,6 +146,8 @@ async fn update(
     .ok_or(ApiError::NotFound("device group"))
 }
 
+#[utoipa::path(delete, path = "/tenants/{tenant_id}/device-groups/{id}", tag = "hierarchy", params(ItemPath),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,

@@ -3,39 +3,38 @@
 
 use std::collections::BTreeMap;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json as Jsonb;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::{ApiError, deletion, in_use};
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS};
+use super::openapi::{Description, ItemPath, Name, TenantPath};
 use super::page::{Keyed, Page, PageParams};
 use super::{AppState, tenants};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tenants/{tenant_id}/device-types", get(list).post(create))
-        .route(
-            "/tenants/{tenant_id}/device-types/{id}",
-            get(read).patch(update).delete(remove),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
 /// Metric name → what is expected of it, e.g. `{"CHIMNEY_TEMP": {"unit": "°C", "max": 600}}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]
 pub struct TelemetrySchema(pub BTreeMap<String, MetricSpec>);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Name>)]
     pub unit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
@@ -65,12 +64,13 @@ impl TelemetrySchema {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeviceType {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub name: String,
     pub description: Option<String>,
+    #[schema(value_type = Option<TelemetrySchema>)]
     pub telemetry_schema: Option<Jsonb<TelemetrySchema>>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -84,24 +84,30 @@ impl Keyed for DeviceType {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewDeviceType {
+    #[schema(value_type = Name)]
     name: String,
+    #[schema(value_type = Option<Description>)]
     description: Option<String>,
     telemetry_schema: Option<TelemetrySchema>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeviceTypePatch {
+    #[schema(value_type = Option<Name>)]
     name: Option<String>,
     #[serde(default, deserialize_with = "fields::patch")]
+    #[schema(value_type = Option<Description>)]
     description: Option<Option<String>>,
     #[serde(default, deserialize_with = "fields::patch")]
     telemetry_schema: Option<Option<TelemetrySchema>>,
 }
 
+#[utoipa::path(post, path = "/tenants/{tenant_id}/device-types", tag = "device types", params(TenantPath), request_body = NewDeviceType,
+    responses((status = 201, description = "Created", body = DeviceType)))]
 async fn create(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -134,6 +140,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/device-types", tag = "device types", params(TenantPath, PageParams),
+    responses((status = 200, description = "One page, oldest first", body = Page<DeviceType>)))]
 async fn list(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -156,6 +164,8 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/device-types/{id}", tag = "device types", params(ItemPath),
+    responses((status = 200, description = "The device type", body = DeviceType)))]
 async fn read(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -175,6 +185,8 @@ async fn read(
     .ok_or(ApiError::NotFound("device type"))
 }
 
+#[utoipa::path(patch, path = "/tenants/{tenant_id}/device-types/{id}", tag = "device types", params(ItemPath), request_body = DeviceTypePatch,
+    responses((status = 200, description = "The updated device type", body = DeviceType)))]
 async fn update(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -213,6 +225,8 @@ async fn update(
     .ok_or(ApiError::NotFound("device type"))
 }
 
+#[utoipa::path(delete, path = "/tenants/{tenant_id}/device-types/{id}", tag = "device types", params(ItemPath),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,

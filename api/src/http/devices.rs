@@ -1,30 +1,28 @@
 //! Devices of a tenant. The bridge creates them idempotently by `external_id` (its MQTT device
 //! path) with no device type; operators classify them later with PATCH.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::{ApiError, deletion};
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS};
+use super::openapi::{ExternalId, ItemPath, Name, TenantPath};
 use super::page::{self, Keyed, Page};
 use super::{AppState, tenants};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tenants/{tenant_id}/devices", get(list).post(create))
-        .route(
-            "/tenants/{tenant_id}/devices/{id}",
-            get(read).patch(update).delete(remove),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Device {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -50,11 +48,14 @@ impl Keyed for Device {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewDevice {
+    #[schema(value_type = Name)]
     name: String,
+    #[schema(value_type = Option<ExternalId>)]
     external_id: Option<String>,
+    #[schema(value_type = Option<Name>)]
     device_type: Option<String>,
     device_type_id: Option<Uuid>,
     organization_id: Option<Uuid>,
@@ -63,12 +64,14 @@ struct NewDevice {
 }
 
 /// Absent fields are kept; `null` clears a nullable one.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DevicePatch {
+    #[schema(value_type = Option<Name>)]
     name: Option<String>,
     status: Option<String>,
     #[serde(default, deserialize_with = "fields::patch")]
+    #[schema(value_type = Option<Name>)]
     device_type: Option<Option<String>>,
     #[serde(default, deserialize_with = "fields::patch")]
     device_type_id: Option<Option<Uuid>>,
@@ -80,9 +83,12 @@ struct DevicePatch {
     device_group_id: Option<Option<Uuid>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeviceFilter {
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     cursor: Option<String>,
     device_type: Option<String>,
@@ -94,6 +100,9 @@ struct DeviceFilter {
 }
 
 /// 201 with the new device, or 200 with the existing one when `external_id` is already known.
+#[utoipa::path(post, path = "/tenants/{tenant_id}/devices", tag = "devices", params(TenantPath), request_body = NewDevice,
+    responses((status = 201, description = "Created", body = Device),
+        (status = 200, description = "A device with this external_id already exists: it is returned unchanged", body = Device)))]
 async fn create(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -138,6 +147,8 @@ async fn create(
     Ok((status, Json(row.into())))
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/devices", tag = "devices", params(TenantPath, DeviceFilter),
+    responses((status = 200, description = "One page, oldest first", body = Page<Device>)))]
 async fn list(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -169,6 +180,8 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/devices/{id}", tag = "devices", params(ItemPath),
+    responses((status = 200, description = "The device", body = Device)))]
 async fn read(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -187,6 +200,8 @@ async fn read(
     .ok_or(ApiError::NotFound("device"))
 }
 
+#[utoipa::path(patch, path = "/tenants/{tenant_id}/devices/{id}", tag = "devices", params(ItemPath), request_body = DevicePatch,
+    responses((status = 200, description = "The updated device", body = Device)))]
 async fn update(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -233,6 +248,8 @@ async fn update(
     .ok_or(ApiError::NotFound("device"))
 }
 
+#[utoipa::path(delete, path = "/tenants/{tenant_id}/devices/{id}", tag = "devices", params(ItemPath),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,

@@ -10,14 +10,22 @@ pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_EXTERNAL_ID_CHARS: usize = 1024;
 pub const MAX_DESCRIPTION_CHARS: usize = 2000;
 
-/// Trims `value` and checks that it is non-empty, at most `max` characters and free of control
-/// characters (PostgreSQL cannot store NUL; the others are never intended in a name).
+/// Checks that `value` is non-empty, at most `max` characters, free of control characters
+/// (PostgreSQL cannot store NUL; the others are never intended in a name) and does not begin or
+/// end with whitespace. Nothing is silently trimmed: what is stored is what was sent, and the
+/// OpenAPI document states exactly these rules (see `openapi::TEXT_PATTERN`).
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
-    let trimmed = value.trim();
+    let trimmed = value;
     if trimmed.is_empty() {
         return Err(ApiError::unprocessable(
             "invalid_field",
             format!("{field} must not be empty"),
+        ));
+    }
+    if trimmed.trim() != trimmed {
+        return Err(ApiError::unprocessable(
+            "invalid_field",
+            format!("{field} must not begin or end with whitespace"),
         ));
     }
     if trimmed.chars().count() > max {

@@ -1,29 +1,39 @@
 //! Liveness and readiness for orchestrators and load balancers.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::AppState;
 use super::error::ApiError;
 use crate::migrate::Catalog;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Status {
+    /// `ok` (health) or `ready` (ready).
+    status: &'static str,
 }
 
 /// The process is up and answering.
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "Up", body = Status)))]
+async fn health() -> Json<Status> {
+    Json(Status { status: "ok" })
 }
 
 /// The database answers and its schema is at this binary's head: 503 otherwise, so that a
 /// replica is not sent traffic before (or while) it could serve it.
-async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses((status = 200, description = "Ready for traffic", body = Status)))]
+async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     let head = Catalog::embedded().head().map(|m| m.version);
     let current: Option<i64> =
         sqlx::query_scalar("SELECT max(version) FROM gito_schema_migrations")
@@ -41,5 +51,5 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
             "schema at version {current:?}, this gito-api expects {head:?}"
         )));
     }
-    Ok(Json(json!({ "status": "ready" })))
+    Ok(Json(Status { status: "ready" }))
 }

@@ -6,20 +6,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
-use axum::routing::get;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::extract::{Path, Query};
+use super::openapi::TenantPath;
 use super::{AppState, tenants};
 use crate::processor::envelope;
 
@@ -115,19 +116,27 @@ fn to_event(topic: &str, payload: &[u8]) -> Option<LiveEvent> {
     })
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/tenants/{tenant_id}/ws", get(connect))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(connect))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LiveFilter {
+    /// Only this device's events.
     device_id: Option<Uuid>,
-    /// The token, for browsers; checked by the auth layer before this handler runs.
+    /// The token, for browsers (they cannot set headers on a WebSocket); checked by the auth
+    /// layer before this handler runs.
     #[serde(default, rename = "token")]
+    #[param(rename = "token")]
     _token: Option<String>,
 }
 
+/// Upgrades to a WebSocket that pushes the tenant's telemetry and alert events as JSON text
+/// messages. A client that falls behind is closed with 1013 (try again) and should reconnect.
+#[utoipa::path(get, path = "/tenants/{tenant_id}/ws", tag = "live", params(TenantPath, LiveFilter),
+    responses((status = 101, description = "Switched to the WebSocket protocol")))]
 async fn connect(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,

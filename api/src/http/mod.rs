@@ -12,6 +12,7 @@ mod extract;
 mod fields;
 mod health;
 mod live;
+mod openapi;
 
 mod organizations;
 mod page;
@@ -23,8 +24,10 @@ mod tokens;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::body::Bytes;
+use axum::http::{HeaderName, Request, StatusCode, header};
 use axum::middleware;
+use axum::routing::get;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +38,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::AdminToken;
 
@@ -91,7 +96,7 @@ pub fn app(state: AppState, limits: Limits) -> Router {
             limits.request_timeout,
         ))
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes));
-    let protected = Router::new()
+    let protected = OpenApiRouter::new()
         .merge(tenants::router())
         .merge(tokens::router())
         .merge(organizations::router())
@@ -107,9 +112,19 @@ pub fn app(state: AppState, limits: Limits) -> Router {
             state.clone(),
             auth::require_token,
         ));
-    Router::new()
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(health::router())
         .merge(protected)
+        .split_for_parts();
+    let doc = Bytes::from(
+        serde_json::to_vec(&openapi::finish(doc)).expect("the OpenAPI document serializes"),
+    );
+    router
+        .route(
+            "/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc.clone()) }),
+        )
+        .route("/docs", get(openapi::docs))
         .fallback(|| async { ApiError::NotFound("route") })
         .with_state(state)
         .layer(layers)

@@ -1,29 +1,27 @@
 //! Organizations: the top of a tenant's hierarchy (organization > site > device group).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::{ApiError, deletion, in_use};
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_NAME_CHARS};
+use super::openapi::{ItemPath, Name, TenantPath};
 use super::page::{Keyed, Page, PageParams};
 use super::{AppState, tenants};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tenants/{tenant_id}/organizations", get(list).post(create))
-        .route(
-            "/tenants/{tenant_id}/organizations/{id}",
-            get(read).patch(update).delete(remove),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Organization {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -40,18 +38,22 @@ impl Keyed for Organization {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewOrganization {
+    #[schema(value_type = Name)]
     name: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OrganizationPatch {
+    #[schema(value_type = Option<Name>)]
     name: Option<String>,
 }
 
+#[utoipa::path(post, path = "/tenants/{tenant_id}/organizations", tag = "hierarchy", params(TenantPath), request_body = NewOrganization,
+    responses((status = 201, description = "Created", body = Organization)))]
 async fn create(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -71,6 +73,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/organizations", tag = "hierarchy", params(TenantPath, PageParams),
+    responses((status = 200, description = "One page, oldest first", body = Page<Organization>)))]
 async fn list(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -90,6 +94,8 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/organizations/{id}", tag = "hierarchy", params(ItemPath),
+    responses((status = 200, description = "The organization", body = Organization)))]
 async fn read(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -107,6 +113,8 @@ async fn read(
     .ok_or(ApiError::NotFound("organization"))
 }
 
+#[utoipa::path(patch, path = "/tenants/{tenant_id}/organizations/{id}", tag = "hierarchy", params(ItemPath), request_body = OrganizationPatch,
+    responses((status = 200, description = "The updated organization", body = Organization)))]
 async fn update(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -128,6 +136,8 @@ async fn update(
     .ok_or(ApiError::NotFound("organization"))
 }
 
+#[utoipa::path(delete, path = "/tenants/{tenant_id}/organizations/{id}", tag = "hierarchy", params(ItemPath),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,

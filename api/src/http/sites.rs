@@ -1,29 +1,27 @@
 //! Sites: places where devices are installed, optionally under an organization of the tenant.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::{ApiError, deletion, in_use};
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_NAME_CHARS};
+use super::openapi::{ItemPath, Name, TenantPath};
 use super::page::{Keyed, Page, PageParams};
 use super::{AppState, tenants};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tenants/{tenant_id}/sites", get(list).post(create))
-        .route(
-            "/tenants/{tenant_id}/sites/{id}",
-            get(read).patch(update).delete(remove),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Site {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -41,21 +39,25 @@ impl Keyed for Site {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewSite {
+    #[schema(value_type = Name)]
     name: String,
     organization_id: Option<Uuid>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SitePatch {
+    #[schema(value_type = Option<Name>)]
     name: Option<String>,
     #[serde(default, deserialize_with = "fields::patch")]
     organization_id: Option<Option<Uuid>>,
 }
 
+#[utoipa::path(post, path = "/tenants/{tenant_id}/sites", tag = "hierarchy", params(TenantPath), request_body = NewSite,
+    responses((status = 201, description = "Created", body = Site)))]
 async fn create(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -76,6 +78,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/sites", tag = "hierarchy", params(TenantPath, PageParams),
+    responses((status = 200, description = "One page, oldest first", body = Page<Site>)))]
 async fn list(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -95,6 +99,8 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/sites/{id}", tag = "hierarchy", params(ItemPath),
+    responses((status = 200, description = "The site", body = Site)))]
 async fn read(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -112,6 +118,8 @@ async fn read(
     .ok_or(ApiError::NotFound("site"))
 }
 
+#[utoipa::path(patch, path = "/tenants/{tenant_id}/sites/{id}", tag = "hierarchy", params(ItemPath), request_body = SitePatch,
+    responses((status = 200, description = "The updated site", body = Site)))]
 async fn update(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
@@ -138,6 +146,8 @@ async fn update(
     .ok_or(ApiError::NotFound("site"))
 }
 
+#[utoipa::path(delete, path = "/tenants/{tenant_id}/sites/{id}", tag = "hierarchy", params(ItemPath),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,

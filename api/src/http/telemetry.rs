@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::AppState;
@@ -18,30 +20,41 @@ use super::extract::{Json, Path, Query};
 const DEFAULT_POINTS: i64 = 1000;
 const MAX_POINTS: i64 = 10_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/tenants/{tenant_id}/devices/{device_id}/telemetry",
-            get(query),
-        )
-        .route(
-            "/tenants/{tenant_id}/devices/{device_id}/latest",
-            get(latest),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(query))
+        .routes(routes!(latest))
 }
 
-#[derive(Debug, Deserialize)]
+/// `{tenant_id}` and `{device_id}` in a path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct DevicePath {
+    /// The tenant's id.
+    tenant_id: Uuid,
+    /// The device's id.
+    device_id: Uuid,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TelemetryQuery {
+    /// Only this metric.
     metric: Option<String>,
+    /// From this instant on (RFC 3339), inclusive.
     from: Option<String>,
+    /// Before this instant (RFC 3339).
     to: Option<String>,
+    /// Points (or buckets) at most, 1 to 10000 (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
     /// `30s`, `1m`, `15m`, `1h`, `1d`, ...: aggregate per bucket instead of raw points.
     bucket: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Point {
     #[serde(with = "time::serde::rfc3339")]
     ts: OffsetDateTime,
@@ -50,7 +63,7 @@ struct Point {
     flagged: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Bucket {
     #[serde(with = "time::serde::rfc3339")]
     bucket: OffsetDateTime,
@@ -61,9 +74,33 @@ struct Bucket {
     count: i64,
 }
 
+/// What a telemetry query answers: raw points newest first, or buckets when `bucket` is given.
 #[derive(Debug, Serialize)]
-struct Items<T> {
-    items: Vec<T>,
+#[serde(untagged)]
+enum Series {
+    Points { items: Vec<Point> },
+    Buckets { items: Vec<Bucket> },
+}
+
+/// Written by hand: derived, the two shapes would be `oneOf`, which an empty page satisfies
+/// twice (and so not at all).
+impl PartialSchema for Series {
+    fn schema() -> RefOr<Schema> {
+        let item = AnyOfBuilder::new()
+            .item(Ref::from_schema_name("Point"))
+            .item(Ref::from_schema_name("Bucket"));
+        ObjectBuilder::new()
+            .property("items", ArrayBuilder::new().items(item))
+            .required("items")
+            .into()
+    }
+}
+
+impl ToSchema for Series {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("Point".to_owned(), Point::schema()));
+        schemas.push(("Bucket".to_owned(), Bucket::schema()));
+    }
 }
 
 fn time_param(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
@@ -113,12 +150,13 @@ async fn ensure_device(state: &AppState, tenant_id: Uuid, device_id: Uuid) -> Re
     }
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/devices/{device_id}/telemetry", tag = "telemetry", params(DevicePath, TelemetryQuery),
+    responses((status = 200, description = "Points newest first, or buckets newest first", body = Series)))]
 async fn query(
     State(state): State<AppState>,
     Path((tenant_id, device_id)): Path<(Uuid, Uuid)>,
     Query(q): Query<TelemetryQuery>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse as _;
+) -> Result<Json<Series>, ApiError> {
     let from = time_param("from", q.from.as_deref())?;
     let to = time_param("to", q.to.as_deref())?;
     let limit = match q.limit.unwrap_or(DEFAULT_POINTS) {
@@ -150,7 +188,7 @@ async fn query(
         )
         .fetch_all(&state.pool)
         .await?;
-        return Ok(Json(Items { items: rows }).into_response());
+        return Ok(Json(Series::Buckets { items: rows }));
     }
     let rows = sqlx::query!(
         "SELECT ts, metric, value, value_json, flagged FROM telemetry
@@ -174,7 +212,7 @@ async fn query(
             flagged: r.flagged,
         })
         .collect();
-    Ok(Json(Items::<Point> { items }).into_response())
+    Ok(Json(Series::Points { items }))
 }
 
 /// Booleans and text keep their JSON form; numbers are in `value`.
@@ -182,7 +220,7 @@ fn stored_value(value: Option<f64>, json: Option<Value>) -> Value {
     json.unwrap_or_else(|| value.map_or(Value::Null, Value::from))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Latest {
     #[serde(with = "time::serde::rfc3339")]
     ts: OffsetDateTime,
@@ -191,6 +229,8 @@ struct Latest {
 }
 
 /// `{"METRIC": {"ts", "value", "flagged"}, ...}`: the newest value of each metric.
+#[utoipa::path(get, path = "/tenants/{tenant_id}/devices/{device_id}/latest", tag = "telemetry", params(DevicePath),
+    responses((status = 200, description = "The newest value of each metric, by metric name", body = BTreeMap<String, Latest>)))]
 async fn latest(
     State(state): State<AppState>,
     Path((tenant_id, device_id)): Path<(Uuid, Uuid)>,

@@ -1,27 +1,28 @@
 //! Tenants: the unit of isolation. Every other route lives under `/tenants/{tenant_id}`.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_NAME_CHARS};
+use super::openapi::{Name, TenantPath};
 use super::page::{Keyed, Page, PageParams};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tenants", get(list).post(create))
-        .route("/tenants/{tenant_id}", get(read))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Tenant {
     pub id: Uuid,
     pub name: String,
@@ -37,12 +38,15 @@ impl Keyed for Tenant {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTenant {
+    #[schema(value_type = Name)]
     name: String,
 }
 
+#[utoipa::path(post, path = "/tenants", tag = "tenants", request_body = NewTenant,
+    responses((status = 201, description = "Created (admin token only)", body = Tenant)))]
 async fn create(
     State(state): State<AppState>,
     Json(body): Json<NewTenant>,
@@ -60,6 +64,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
+#[utoipa::path(get, path = "/tenants", tag = "tenants", params(PageParams),
+    responses((status = 200, description = "One page, oldest first (admin token only)", body = Page<Tenant>)))]
 async fn list(
     State(state): State<AppState>,
     Query(page): Query<PageParams>,
@@ -77,6 +83,8 @@ async fn list(
     Ok(Json(Page::from_rows(rows, limit)))
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}", tag = "tenants", params(TenantPath),
+    responses((status = 200, description = "The tenant", body = Tenant)))]
 async fn read(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,

@@ -1,29 +1,30 @@
 //! Tenant API tokens, managed by the admin: created with the secret shown once, listed without
 //! it, revoked by deletion (the next request with the token is refused).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::{ApiError, deletion};
 use super::extract::{Json, Path, Query};
 use super::fields::{self, MAX_NAME_CHARS};
-use super::page::{Keyed, PageParams};
+use super::openapi::{ItemPath, Name, TenantPath};
+use super::page::{Keyed, Page, PageParams};
 use super::{AppState, tenants};
 use crate::auth::{NewToken, TOKEN_PREFIX};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tenants/{tenant_id}/tokens", get(list).post(create))
-        .route("/tenants/{tenant_id}/tokens/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
 /// A token as listed: never its secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Token {
     pub id: Uuid,
     pub tenant_id: Uuid,
@@ -41,7 +42,7 @@ impl Keyed for Token {
 }
 
 /// The answer of a creation: the only time the secret is shown.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedToken {
     #[serde(flatten)]
     pub info: Token,
@@ -49,12 +50,15 @@ pub struct CreatedToken {
     pub token: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTokenRequest {
+    #[schema(value_type = Name)]
     name: String,
 }
 
+#[utoipa::path(post, path = "/tenants/{tenant_id}/tokens", tag = "tenants", params(TenantPath), request_body = NewTokenRequest,
+    responses((status = 201, description = "Created (admin token only); `token` is shown this once", body = CreatedToken)))]
 async fn create(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
@@ -86,11 +90,13 @@ async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/tenants/{tenant_id}/tokens", tag = "tenants", params(TenantPath, PageParams),
+    responses((status = 200, description = "One page, oldest first, without secrets (admin token only)", body = Page<Token>)))]
 async fn list(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
     Query(page): Query<PageParams>,
-) -> Result<Json<super::page::Page<Token>>, ApiError> {
+) -> Result<Json<Page<Token>>, ApiError> {
     let limit = page.limit()?;
     let rows = sqlx::query_as!(
         Token,
@@ -106,6 +112,8 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+#[utoipa::path(delete, path = "/tenants/{tenant_id}/tokens/{id}", tag = "tenants", params(ItemPath),
+    responses((status = 204, description = "Revoked: the next request with the token gets 401 (admin token only)")))]
 async fn revoke(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,

@@ -7,10 +7,13 @@ use crate::helpers::{TestApp, error_code, id_of};
 async fn create_tenant_returns_201_and_it_can_be_read_back() {
     let app = TestApp::spawn().await;
     let (status, created) = app
-        .post("/tenants", json!({ "name": "  Acme Utilities " }))
+        .post("/tenants", json!({ "name": "Acme Utilities – Zürich 🌍" }))
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(created["name"], "Acme Utilities", "names are trimmed");
+    assert_eq!(
+        created["name"], "Acme Utilities – Zürich 🌍",
+        "stored as sent"
+    );
     let (status, read) = app.get(&format!("/tenants/{}", id_of(&created))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(read, created);
@@ -56,6 +59,12 @@ async fn tenant_name_must_be_present_and_reasonable() {
     for (body, expected) in [
         (json!({ "name": "" }), StatusCode::UNPROCESSABLE_ENTITY),
         (json!({ "name": "   " }), StatusCode::UNPROCESSABLE_ENTITY),
+        // Nothing is trimmed silently: "Acme" and "Acme " would be two different tenants.
+        (json!({ "name": " Acme" }), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({ "name": "Acme\t" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (
             json!({ "name": "x".repeat(201) }),
             StatusCode::UNPROCESSABLE_ENTITY,
