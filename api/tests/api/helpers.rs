@@ -19,7 +19,10 @@ pub use gito_api::testing::{ADMIN_TOKEN, TestApi, TestDb, admin_client};
 pub struct TestApp {
     pub addr: SocketAddr,
     pub pool: PgPool,
+    /// Sends the admin token with every request.
     pub client: reqwest::Client,
+    /// Sends no token unless told to (`send_as`).
+    pub anonymous: reqwest::Client,
     _api: TestApi,
 }
 
@@ -32,6 +35,7 @@ impl TestApp {
             addr: api.addr,
             pool,
             client: admin_client(),
+            anonymous: reqwest::Client::new(),
             _api: api,
         }
     }
@@ -76,6 +80,36 @@ impl TestApp {
             .header("content-type", content_type)
             .body(body);
         into_parts(request.send().await).await
+    }
+
+    /// Sends with `token` as the bearer token, or with no `Authorization` header at all.
+    pub async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.anonymous.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        into_parts(request.send().await).await
+    }
+
+    /// Creates a token for `tenant` (as the admin) and returns its secret.
+    pub async fn token_for(&self, tenant: Uuid) -> String {
+        let (status, body) = self
+            .post(
+                &format!("/tenants/{tenant}/tokens"),
+                serde_json::json!({ "name": "test" }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().expect("token secret").to_owned()
     }
 
     /// Creates a tenant and returns its id.

@@ -1,10 +1,12 @@
 //! Black-box tests of gito-api against a real PostgreSQL: one binary, one module per concern.
 
+mod auth;
 mod boot;
 mod devices;
 mod errors;
 mod helpers;
 mod hierarchy;
+mod hostile;
 mod migrations;
 mod processor;
 mod tenants;

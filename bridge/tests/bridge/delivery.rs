@@ -257,3 +257,42 @@ async fn a_burst_larger_than_every_internal_queue_arrives_completely() {
     collector.assert_ordered_per_source();
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_with_sql_metacharacters_and_unicode_become_devices_verbatim() {
+    let stack = Stack::start().await;
+    let collector = Collector::subscribe(&stack.local.url(), &stack.telemetry_filter()).await;
+    let bridge = RunningBridge::start(stack.config()).await;
+    let paths = [
+        "plant/'; DROP TABLE devices; --/PUMP",
+        "usine/chaudière Ünïcödé 🚀/雨水",
+        r#"a/%_\"quoted\"/x"#,
+    ];
+    let mut device = Device::connect(&stack.external.url()).await;
+    for path in paths {
+        device.publish(&format!("{path}/TEMP"), "1.5").await;
+    }
+    device.finish().await;
+    wait(
+        Duration::from_secs(15),
+        "three messages republished",
+        || async { collector.count() >= 3 },
+    )
+    .await;
+    let devices = stack.devices().await;
+    let mut external_ids: Vec<&str> = devices
+        .iter()
+        .map(|d| d["external_id"].as_str().expect("external_id"))
+        .collect();
+    external_ids.sort_unstable();
+    let mut expected = paths.to_vec();
+    expected.sort_unstable();
+    assert_eq!(external_ids, expected, "stored exactly as published");
+    assert!(
+        collector
+            .all()
+            .iter()
+            .all(|r| r.envelope["metrics"] == json!({ "TEMP": 1.5 }))
+    );
+    bridge.stop().await;
+}
