@@ -18,10 +18,11 @@ use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    /// Worth retrying: the API is down, overloaded, or refuses our token for now.
+    /// Worth retrying: the API is down or overloaded, or refuses our token or our tenant (a
+    /// configuration error an operator fixes: until then messages are spooled, not dropped).
     #[error("gito-api unavailable: {0}")]
     Unavailable(String),
-    /// The API will never accept this device (e.g. unknown tenant, invalid field).
+    /// The API will never accept this device (e.g. a name it considers invalid).
     #[error("gito-api refused the device ({status}): {body}")]
     Rejected { status: StatusCode, body: String },
 }
@@ -114,6 +115,8 @@ impl DeviceResolver {
                 status,
                 StatusCode::UNAUTHORIZED
                     | StatusCode::FORBIDDEN
+                    // The devices route exists: 404 is our tenant, unknown or not our token's.
+                    | StatusCode::NOT_FOUND
                     | StatusCode::REQUEST_TIMEOUT
                     | StatusCode::TOO_MANY_REQUESTS
             );

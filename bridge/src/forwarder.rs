@@ -288,8 +288,9 @@ async fn handle(
             ctx.ack(ack);
             return;
         }
-        Err(ResolveError::Unavailable(_)) => {
-            spill(ctx, inflight, vec![(record, ack)], "gito-api unavailable").await;
+        Err(ResolveError::Unavailable(why)) => {
+            let reason = format!("gito-api unavailable: {why}");
+            spill(ctx, inflight, vec![(record, ack)], &reason).await;
             return;
         }
     };
