@@ -145,3 +145,35 @@ async fn a_bridge_killed_with_sigkill_mid_stream_and_restarted_loses_nothing() {
     collector.assert_ordered_per_source();
     bridge.kill().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_another_tenant_spools_everything_until_the_right_token_is_configured() {
+    let stack = Stack::start().await;
+    let collector = Collector::subscribe(&stack.local.url(), &stack.telemetry_filter()).await;
+    let api_url = format!("http://{}", stack.api_addr);
+    let elsewhere = gito_api::testing::create_tenant(&api_url, "elsewhere").await;
+    let mut config = stack.config();
+    config.api_token = gito_api::testing::create_tenant_token(&api_url, elsewhere)
+        .await
+        .parse()
+        .expect("token");
+    let bridge = RunningBridge::start(config).await;
+
+    let sent = stream(stack.external.url(), "WRONG", 5, 50, 500)
+        .await
+        .expect("publisher");
+    wait(Duration::from_secs(15), "all spooled", || async {
+        bridge.metrics.spooled.load(Ordering::Relaxed) >= 50
+    })
+    .await;
+    assert_eq!(collector.count(), 0);
+    assert!(stack.devices().await.is_empty());
+    bridge.stop().await;
+
+    // Fixed: the same spool, the right token. Everything arrives, nothing was dropped.
+    let bridge = RunningBridge::start(stack.config()).await;
+    collector.wait_for_all(&sent, Duration::from_secs(30)).await;
+    collector.assert_ordered_per_source();
+    assert_eq!(stack.devices().await.len(), 5);
+    bridge.stop().await;
+}
