@@ -31,6 +31,7 @@ async fn boot_once(db_url: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut child = Command::new(binary("gito-api")?)
         .env("DATABASE_URL", db_url)
+        .env("GITO_ADMIN_TOKEN", gito_api::testing::ADMIN_TOKEN)
         .env("GITO_API_ADDR", &addr)
         .env("GITO_PROCESSOR", "off")
         .env("GITO_LIVE", "off")
