@@ -1,2 +1,3 @@
 -- Every tenant token stops working; the admin token (GITO_ADMIN_TOKEN) is unaffected.
 DROP TABLE api_tokens;
+DROP FUNCTION api_tokens_notify();

@@ -13,3 +13,22 @@ CREATE TABLE api_tokens (
 );
 
 CREATE INDEX api_tokens_tenant_id_id_idx ON api_tokens (tenant_id, id);
+
+-- gito-api replicas cache tokens and evict them when told: any deletion or change of a token,
+-- however it happens, notifies them with its key id; a TRUNCATE with '*' (forget them all).
+-- See api/src/http/token_cache.rs.
+CREATE FUNCTION api_tokens_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        PERFORM pg_notify('gito_api_tokens', '*');
+    ELSE
+        PERFORM pg_notify('gito_api_tokens', OLD.key_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER api_tokens_revoked AFTER UPDATE OR DELETE ON api_tokens
+    FOR EACH ROW EXECUTE FUNCTION api_tokens_notify();
+CREATE TRIGGER api_tokens_truncated AFTER TRUNCATE ON api_tokens
+    FOR EACH STATEMENT EXECUTE FUNCTION api_tokens_notify();

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ServeConfig;
-use crate::http::{self, AppState, Limits, Live};
+use crate::http::{self, AppState, Limits, Live, TokenCache};
 use crate::migrate::{self, Catalog};
 use crate::processor::{self, ProcessorConfig};
 
@@ -64,6 +64,7 @@ impl Server {
                 pool: pool.clone(),
                 live,
                 admin: config.admin_token.clone(),
+                tokens: TokenCache::start(pool.clone(), background.clone()),
             },
             limits,
         );

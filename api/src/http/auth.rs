@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::ApiError;
+use super::token_cache::Cached;
 use crate::auth;
 
 /// The authenticated caller, available to handlers as a request extension.
@@ -70,15 +71,29 @@ async fn resolve(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     let Some(parts) = auth::parse(token) else {
         return Err(INVALID);
     };
-    let stored = sqlx::query!(
-        "SELECT tenant_id, secret_sha256 FROM api_tokens WHERE key_id = $1",
-        parts.key_id
-    )
-    .fetch_optional(&state.pool)
-    .await?;
+    let stored = match state.tokens.get(parts.key_id) {
+        Some(cached) => Some(cached),
+        None => {
+            let read_at = state.tokens.generation();
+            let row = sqlx::query!(
+                "SELECT tenant_id, secret_sha256 FROM api_tokens WHERE key_id = $1",
+                parts.key_id
+            )
+            .fetch_optional(&state.pool)
+            .await?;
+            row.and_then(|row| {
+                let cached = Cached {
+                    tenant_id: row.tenant_id,
+                    secret_sha256: row.secret_sha256.try_into().ok()?,
+                };
+                state.tokens.insert(parts.key_id, cached, read_at);
+                Some(cached)
+            })
+        }
+    };
     match stored {
-        Some(row) if auth::secret_matches(parts.secret, &row.secret_sha256) => {
-            Ok(Principal::Tenant(row.tenant_id))
+        Some(token) if auth::secret_matches(parts.secret, &token.secret_sha256) => {
+            Ok(Principal::Tenant(token.tenant_id))
         }
         _ => Err(INVALID),
     }

@@ -19,8 +19,10 @@ mod page;
 mod sites;
 mod telemetry;
 mod tenants;
+mod token_cache;
 mod tokens;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -42,6 +44,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::AdminToken;
+pub use token_cache::TokenCache;
 
 pub use alert_rules::AlertRule;
 pub use alerts::Alert;
@@ -56,6 +59,7 @@ pub struct AppState {
     /// The WebSocket fan-out; `None` when disabled.
     pub live: Option<Live>,
     pub admin: AdminToken,
+    pub tokens: Arc<TokenCache>,
 }
 
 /// Limits applied to every request.

@@ -118,15 +118,17 @@ async fn revoke(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    let deleted = sqlx::query!(
-        "DELETE FROM api_tokens WHERE tenant_id = $1 AND id = $2",
+    let deleted = sqlx::query_scalar!(
+        "DELETE FROM api_tokens WHERE tenant_id = $1 AND id = $2 RETURNING key_id",
         tenant_id,
         id
     )
-    .execute(&state.pool)
+    .fetch_optional(&state.pool)
     .await?;
-    if deleted.rows_affected() == 1 {
+    // The other replicas hear of it from the database; this one forgets it before answering.
+    if let Some(key_id) = &deleted {
+        state.tokens.evict(key_id);
         tracing::info!(token_id = %id, %tenant_id, "token revoked");
     }
-    deletion(deleted.rows_affected(), "token")
+    deletion(u64::from(deleted.is_some()), "token")
 }

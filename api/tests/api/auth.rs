@@ -1,11 +1,14 @@
 //! Tokens: who may call what. The admin token does everything; a tenant token sees only its own
 //! tenant, and another tenant's things are "not found", exactly as things that do not exist.
 
+use std::time::Duration;
+
+use gito_api::testing::wait_for;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, error_code, id_of};
+use crate::helpers::{TestApi, TestApp, error_code, id_of};
 
 /// One of each thing a tenant owns, created as the admin; `(collection, item path)`.
 async fn populate(app: &TestApp, tenant: Uuid) -> Vec<(String, String)> {
@@ -370,4 +373,80 @@ async fn the_websocket_wants_a_token_of_its_tenant() {
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_by_every_replica_however_it_was_revoked() {
+    let app = TestApp::spawn().await;
+    let other_replica = TestApi::start(&app.db_url, "127.0.0.1:0".parse().expect("address")).await;
+    let tenant = app.tenant("t").await;
+    let devices = format!("/tenants/{tenant}/devices");
+    let status_on = |addr: std::net::SocketAddr, token: String| {
+        let url = format!("http://{addr}{devices}");
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("sent")
+                .status()
+        }
+    };
+    let replicas = [app.addr, other_replica.addr];
+    let refused_everywhere = |token: String| async move {
+        for addr in replicas {
+            if status_on(addr, token.clone()).await != StatusCode::UNAUTHORIZED {
+                return false;
+            }
+        }
+        true
+    };
+
+    // Three tokens, each used on both replicas (so each has it cached), then revoked three ways.
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let token = app.token_for(tenant).await;
+        for addr in replicas {
+            assert_eq!(status_on(addr, token.clone()).await, StatusCode::OK);
+        }
+        tokens.push(token);
+    }
+    let (_, page) = app.get(&format!("/tenants/{tenant}/tokens")).await;
+    let first_id = id_of(&page["items"][0]);
+
+    // Through the API of one replica: refused there at once, on the other within moments.
+    let revoke = format!("/tenants/{tenant}/tokens/{first_id}");
+    assert_eq!(app.delete(&revoke).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        status_on(app.addr, tokens[0].clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let deadline = Duration::from_secs(5);
+    wait_for(deadline, "the other replica refuses", || {
+        refused_everywhere(tokens[0].clone())
+    })
+    .await;
+
+    // By hand in the database.
+    let key_id = tokens[1].split('_').nth(1).expect("key id").to_owned();
+    sqlx::query("DELETE FROM api_tokens WHERE key_id = $1")
+        .bind(&key_id)
+        .execute(&app.pool)
+        .await
+        .expect("delete");
+    wait_for(deadline, "both replicas refuse", || {
+        refused_everywhere(tokens[1].clone())
+    })
+    .await;
+
+    // All at once.
+    sqlx::query("TRUNCATE api_tokens")
+        .execute(&app.pool)
+        .await
+        .expect("truncate");
+    wait_for(deadline, "both replicas refuse", || {
+        refused_everywhere(tokens[2].clone())
+    })
+    .await;
 }

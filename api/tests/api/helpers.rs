@@ -18,6 +18,7 @@ pub use gito_api::testing::{ADMIN_TOKEN, TestApi, TestDb, admin_client};
 /// The API served in-process on a random port against a fresh, migrated database.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub db_url: String,
     pub pool: PgPool,
     /// Sends the admin token with every request.
     pub client: reqwest::Client,
@@ -33,6 +34,7 @@ impl TestApp {
         let pool = PgPool::connect(&db.url).await.expect("test pool");
         TestApp {
             addr: api.addr,
+            db_url: db.url.clone(),
             pool,
             client: admin_client(),
             anonymous: reqwest::Client::new(),
