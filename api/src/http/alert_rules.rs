@@ -54,6 +54,7 @@ struct NewRule {
     name: String,
     #[schema(value_type = Name)]
     metric: String,
+    #[schema(pattern = "^(>|>=|<|<=|==|!=)$")]
     operator: String,
     threshold: f64,
     device_id: Option<Uuid>,
@@ -67,6 +68,7 @@ struct NewRule {
 struct RulePatch {
     #[schema(value_type = Option<Name>)]
     name: Option<String>,
+    #[schema(pattern = "^(>|>=|<|<=|==|!=)$")]
     operator: Option<String>,
     threshold: Option<f64>,
 }

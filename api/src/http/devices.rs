@@ -69,6 +69,7 @@ struct NewDevice {
 struct DevicePatch {
     #[schema(value_type = Option<Name>)]
     name: Option<String>,
+    #[schema(pattern = "^(active|inactive|maintenance)$")]
     status: Option<String>,
     #[serde(default, deserialize_with = "fields::patch")]
     #[schema(value_type = Option<Name>)]

@@ -149,7 +149,17 @@ fn constraint_error(constraint: &str) -> Option<ApiError> {
         }
         "devices_site_fk" | "device_groups_site_fk" => foreign("site_id", "a site"),
         "devices_device_group_fk" => foreign("device_group_id", "a device group"),
-        "devices_device_type_fk" => foreign("device_type_id", "a device type"),
+        "devices_device_type_fk" | "alert_rules_device_type_fk" => {
+            foreign("device_type_id", "a device type")
+        }
+        "alert_rules_device_fk" => foreign("device_id", "a device"),
+        "alert_rules_operator_check" => {
+            ApiError::unprocessable("invalid_field", "operator must be one of > >= < <= == !=")
+        }
+        "alert_rules_one_scope_check" => ApiError::unprocessable(
+            "invalid_field",
+            "give at most one of device_id, device_type_id, device_type",
+        ),
         "device_types_tenant_id_name_key" => {
             ApiError::Conflict("a device type with this name already exists in the tenant".into())
         }

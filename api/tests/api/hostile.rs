@@ -338,3 +338,55 @@ async fn the_openapi_document_names_every_operation_once_with_its_errors_and_sec
             .contains("/openapi.json")
     );
 }
+
+/// Found by schemathesis: an alert rule naming a device that does not exist was a 500.
+#[tokio::test]
+async fn every_reference_to_a_missing_or_foreign_row_is_422_invalid_reference() {
+    let app = TestApp::spawn().await;
+    let (mine, theirs) = (app.tenant("mine").await, app.tenant("theirs").await);
+    let mut foreign = std::collections::HashMap::new();
+    for (collection, body) in [
+        ("organizations", json!({ "name": "o" })),
+        ("sites", json!({ "name": "s" })),
+        ("device-groups", json!({ "name": "g" })),
+        ("device-types", json!({ "name": "t" })),
+        ("devices", json!({ "name": "d" })),
+    ] {
+        let (_, created) = app
+            .post(&format!("/tenants/{theirs}/{collection}"), body)
+            .await;
+        foreign.insert(collection, id_of(&created));
+    }
+    let cases = [
+        ("sites", "organization_id", "organizations"),
+        ("device-groups", "site_id", "sites"),
+        ("devices", "organization_id", "organizations"),
+        ("devices", "site_id", "sites"),
+        ("devices", "device_group_id", "device-groups"),
+        ("devices", "device_type_id", "device-types"),
+        ("alert-rules", "device_id", "devices"),
+        ("alert-rules", "device_type_id", "device-types"),
+    ];
+    for (collection, field, target) in cases {
+        for id in [foreign[target], Uuid::now_v7()] {
+            let mut body = json!({ "name": "x", "metric": "T", "operator": ">", "threshold": 1.0 });
+            if collection != "alert-rules" {
+                body = json!({ "name": "x" });
+            }
+            body[field] = json!(id);
+            let (status, answer) = app
+                .post(&format!("/tenants/{mine}/{collection}"), body)
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{collection}.{field}: {answer}"
+            );
+            assert_eq!(
+                error_code(&answer),
+                "invalid_reference",
+                "{collection}.{field}"
+            );
+        }
+    }
+}
