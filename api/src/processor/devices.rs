@@ -15,6 +15,9 @@ use crate::http::TelemetrySchema;
 const TTL: Duration = Duration::from_secs(30);
 /// Unknown ids are remembered briefly, so that garbage cannot make every batch query again.
 const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+/// Past this many entries, expired ones are dropped (and if all are fresh, all of them): the cache
+/// must not grow with every id ever seen.
+const MAX_ENTRIES: usize = 200_000;
 
 #[derive(Debug, Clone)]
 pub struct DeviceInfo {
@@ -41,7 +44,7 @@ impl DeviceInfo {
 
 #[derive(Default)]
 pub struct DeviceCache {
-    entries: Mutex<HashMap<Uuid, (Instant, Option<DeviceInfo>)>>,
+    entries: Mutex<Entries>,
 }
 
 impl DeviceCache {
@@ -87,6 +90,9 @@ impl DeviceCache {
         .await?;
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("cache lock");
+        if entries.len() + missing.len() > MAX_ENTRIES {
+            prune(&mut entries, missing.len());
+        }
         for id in &missing {
             entries.insert(*id, (now, None));
             found.insert(*id, None);
@@ -102,5 +108,35 @@ impl DeviceCache {
             found.insert(row.id, Some(info));
         }
         Ok(found)
+    }
+}
+
+type Entries = HashMap<Uuid, (Instant, Option<DeviceInfo>)>;
+
+/// Makes room for `incoming` entries: expired ones go first, then everything if still too full.
+fn prune(entries: &mut Entries, incoming: usize) {
+    entries.retain(|_, (at, info)| at.elapsed() < if info.is_some() { TTL } else { UNKNOWN_TTL });
+    if entries.len() + incoming > MAX_ENTRIES {
+        entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_drops_expired_entries_then_everything_if_needed() {
+        let old = Instant::now()
+            .checked_sub(TTL + Duration::from_secs(1))
+            .expect("an instant in the past");
+        let mut entries: Entries = HashMap::new();
+        entries.insert(Uuid::now_v7(), (old, None));
+        let fresh = Uuid::now_v7();
+        entries.insert(fresh, (Instant::now(), None));
+        prune(&mut entries, 0);
+        assert_eq!(entries.keys().collect::<Vec<_>>(), [&fresh]);
+        prune(&mut entries, MAX_ENTRIES);
+        assert!(entries.is_empty());
     }
 }
