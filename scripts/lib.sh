@@ -21,6 +21,16 @@ PG_URL="${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 database_url() { printf '%s/%s' "${PG_URL%/*}" "$1"; }
 psql_admin() { psql "$PG_URL" -v ON_ERROR_STOP=1 -qAt "$@"; }
 
+# wait_ready URL PID LOG: until URL answers 2xx (30 s at most); stops with LOG shown if PID exits.
+wait_ready() {
+  for _ in $(seq 1 300); do
+    curl -sf "$1" >/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { cat "$3" >&2; die "the process behind $1 stopped"; }
+    sleep 0.1
+  done
+  die "$1 not ready within 30 s: see $3"
+}
+
 ensure_postgres() {
   step "PostgreSQL"
   command -v psql >/dev/null || apt_install postgresql-client

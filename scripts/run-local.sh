@@ -62,12 +62,7 @@ step "gito-api on :$api_port"
 DATABASE_URL="$database_url" GITO_API_ADDR="127.0.0.1:$api_port" GITO_TENANT_ID="$tenant" GITO_TENANT_NAME=demo \
   GITO_ADMIN_TOKEN="$admin_token" GITO_BRIDGE_API_TOKEN="$bridge_token" GITO_MQTT_URL="mqtt://gito-api:$api_password@127.0.0.1:$local_port" ./entrypoint.sh 2>"$run_dir/api.log" &
 pids+=($!)
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null && break
-  kill -0 "${pids[-1]}" 2>/dev/null || { cat "$run_dir/api.log" >&2; die "gito-api stopped"; }
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$api_port/ready" >/dev/null || die "gito-api not ready: see $run_dir/api.log"
+wait_ready "http://127.0.0.1:$api_port/ready" "${pids[-1]}" "$run_dir/api.log"
 
 step "gito-bridge and the simulator"
 GITO_EXTERNAL_MQTT_URL="mqtt://127.0.0.1:$external_port" GITO_LOCAL_MQTT_URL="mqtt://gito-bridge:$bridge_password@127.0.0.1:$local_port" \

@@ -34,12 +34,7 @@ DATABASE_URL="$(database_url "$db")" GITO_ADMIN_TOKEN="$admin_token" GITO_API_AD
   GITO_PROCESSOR=off GITO_MQTT_URL="${GITO_ST_MQTT_URL:-mqtt://127.0.0.1:1883}" GITO_LOG_FORMAT=json \
   "$bin/gito-api" serve 2>"$work/api.log" &
 pid=$!
-for _ in $(seq 1 300); do
-  curl -sf "$api/ready" >/dev/null && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/api.log" >&2; die "gito-api stopped"; }
-  sleep 0.1
-done
-curl -sf "$api/ready" >/dev/null || die "gito-api not ready"
+wait_ready "$api/ready" "$pid" "$work/api.log"
 
 post() { curl -sf -X POST -H "Authorization: Bearer $1" -H 'Content-Type: application/json' -d "$3" "$api$2"; }
 json_field() { python3 -c "import json, sys; print(json.load(sys.stdin)['$1'])"; }

@@ -7,14 +7,16 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::auth::NewToken;
+use crate::http::fields::{self, MAX_NAME_CHARS};
+
+/// The rules the API applies to names, so that the command line cannot store one it would refuse.
+fn valid_name(field: &str, name: &str) -> anyhow::Result<String> {
+    fields::text(field, name, MAX_NAME_CHARS).map_err(|e| anyhow::anyhow!("{e}"))
+}
 
 /// Creates the tenant unless it exists; `true` when it was created.
 pub async fn ensure_tenant(database_url: &str, id: Uuid, name: &str) -> anyhow::Result<bool> {
-    let name = name.trim();
-    anyhow::ensure!(
-        !name.is_empty() && name.chars().count() <= 200,
-        "the tenant name must be 1 to 200 characters"
-    );
+    let name = valid_name("the tenant name", name)?;
     let mut conn = PgConnection::connect(database_url)
         .await
         .context("connecting to the database")?;
@@ -44,11 +46,7 @@ pub async fn ensure_token(
     let token = NewToken::from_token(token).context(
         "the token is not a gito tenant token (gito_<16 hex>_<64 hex>); create one with `gito-api token generate`",
     )?;
-    let name = name.trim();
-    anyhow::ensure!(
-        !name.is_empty() && name.chars().count() <= 200,
-        "the token name must be 1 to 200 characters"
-    );
+    let name = valid_name("the token name", name)?;
     let mut conn = PgConnection::connect(database_url)
         .await
         .context("connecting to the database")?;

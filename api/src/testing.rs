@@ -171,6 +171,7 @@ pub async fn create_tenant_token(api_url: &str, tenant_id: Uuid) -> String {
         .json(&serde_json::json!({ "name": "test" }))
         .send()
         .await
+        .and_then(reqwest::Response::error_for_status)
         .expect("create token")
         .json()
         .await

@@ -9,7 +9,7 @@ mod device_types;
 mod devices;
 mod error;
 mod extract;
-mod fields;
+pub(crate) mod fields;
 mod health;
 mod live;
 mod openapi;

@@ -109,13 +109,11 @@ async fn a_tenant_token_works_in_its_tenant_and_finds_nothing_of_another() {
     let their_things = populate(&app, theirs).await;
 
     // At home, everything answers.
-    let (status, _) = app
-        .send_as(Some(&token), Method::GET, &format!("/tenants/{mine}"), None)
-        .await;
+    let (status, _) = app.get_as(&token, &format!("/tenants/{mine}")).await;
     assert_eq!(status, StatusCode::OK);
     for (collection, item) in &my_things {
         for path in [collection, item] {
-            let (status, body) = app.send_as(Some(&token), Method::GET, path, None).await;
+            let (status, body) = app.get_as(&token, path).await;
             assert_eq!(status, StatusCode::OK, "{path}: {body}");
         }
     }
@@ -235,12 +233,7 @@ async fn only_the_admin_manages_tenants_and_tokens() {
     }
     // The refusals changed nothing: the token still works.
     let (status, _) = app
-        .send_as(
-            Some(&token),
-            Method::GET,
-            &format!("/tenants/{tenant}/devices"),
-            None,
-        )
+        .get_as(&token, &format!("/tenants/{tenant}/devices"))
         .await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -283,28 +276,22 @@ async fn tokens_are_shown_once_listed_without_secret_stored_hashed_and_revoked_a
     );
 
     let devices = format!("/tenants/{tenant}/devices");
-    let (status, _) = app
-        .send_as(Some(&secret), Method::GET, &devices, None)
-        .await;
+    let (status, _) = app.get_as(&secret, &devices).await;
     assert_eq!(status, StatusCode::OK);
     let revoke = format!("/tenants/{tenant}/tokens/{}", id_of(&created));
     assert_eq!(app.delete(&revoke).await, StatusCode::NO_CONTENT);
-    let (status, body) = app
-        .send_as(Some(&secret), Method::GET, &devices, None)
-        .await;
+    let (status, body) = app.get_as(&secret, &devices).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked at once: {body}");
     assert_eq!(app.delete(&revoke).await, StatusCode::NOT_FOUND);
     // The other token of the tenant is unaffected; a forged secret with a known key id is not.
-    let (status, _) = app.send_as(Some(&other), Method::GET, &devices, None).await;
+    let (status, _) = app.get_as(&other, &devices).await;
     assert_eq!(status, StatusCode::OK);
     let forged = format!(
         "{}_{}",
         other.rsplit_once('_').expect("parts").0,
         "0".repeat(64)
     );
-    let (status, _) = app
-        .send_as(Some(&forged), Method::GET, &devices, None)
-        .await;
+    let (status, _) = app.get_as(&forged, &devices).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 

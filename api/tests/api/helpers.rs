@@ -104,14 +104,13 @@ impl TestApp {
 
     /// Creates a token for `tenant` (as the admin) and returns its secret.
     pub async fn token_for(&self, tenant: Uuid) -> String {
-        let (status, body) = self
-            .post(
-                &format!("/tenants/{tenant}/tokens"),
-                serde_json::json!({ "name": "test" }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["token"].as_str().expect("token secret").to_owned()
+        gito_api::testing::create_tenant_token(&self.url(""), tenant).await
+    }
+
+    /// GET with `token` as the bearer token.
+    pub async fn get_as(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.send_as(Some(token), reqwest::Method::GET, path, None)
+            .await
     }
 
     /// Creates a tenant and returns its id.
