@@ -7,11 +7,11 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::auth::NewToken;
-use crate::http::fields::{self, MAX_NAME_CHARS};
+use crate::domain::fields::{self, MAX_NAME_CHARS};
 
 /// The rules the API applies to names, so that the command line cannot store one it would refuse.
 fn valid_name(field: &str, name: &str) -> anyhow::Result<String> {
-    fields::text(field, name, MAX_NAME_CHARS).map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(fields::text(field, name, MAX_NAME_CHARS)?)
 }
 
 /// Creates the tenant unless it exists; `true` when it was created.

@@ -1,12 +1,14 @@
 //! Typed configuration: every flag is also an environment variable, and secrets never print.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand};
+use gito_runtime::logging::LogFormat;
+use gito_runtime::mqtt::MqttUrl;
+use gito_runtime::{ExposeSecret as _, SecretString};
 
 use crate::auth::AdminToken;
 use crate::migrate::MigrateArgs;
@@ -160,7 +162,7 @@ pub struct MqttConfig {
         default_value = "mqtt://127.0.0.1:1883",
         hide_env_values = true
     )]
-    pub mqtt_url: String,
+    pub mqtt_url: MqttUrl,
     /// The processor's MQTT session id; unique per processor, stable across its restarts.
     #[arg(long, env = "GITO_PROCESSOR_CLIENT_ID", default_value_t = default_client_id())]
     pub processor_client_id: String,
@@ -173,12 +175,12 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
-    pub fn processor(&self) -> Result<crate::processor::ProcessorConfig, rumqttc::OptionError> {
-        Ok(crate::processor::ProcessorConfig {
-            mqtt: crate::processor::mqtt_options(&self.mqtt_url, &self.processor_client_id)?,
+    pub fn processor(&self) -> crate::processor::ProcessorConfig {
+        crate::processor::ProcessorConfig {
+            mqtt: self.mqtt_url.options(&self.processor_client_id),
             batch_size: self.batch_size.max(1),
             flush_after: Duration::from_millis(self.flush_ms),
-        })
+        }
     }
 }
 
@@ -193,20 +195,13 @@ fn default_client_id() -> String {
     format!("gito-processor-{host}")
 }
 
-#[derive(Debug, Clone, Copy, Default, ValueEnum)]
-pub enum LogFormat {
-    #[default]
-    Pretty,
-    Json,
-}
-
-/// A database URL whose `Debug` hides the password.
-#[derive(Clone)]
-pub struct DatabaseUrl(String);
+/// A database URL; it may carry a password, so `Debug` never shows it.
+#[derive(Debug, Clone)]
+pub struct DatabaseUrl(SecretString);
 
 impl DatabaseUrl {
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
 
@@ -215,19 +210,10 @@ impl FromStr for DatabaseUrl {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            Ok(DatabaseUrl(s.to_owned()))
+            Ok(DatabaseUrl(SecretString::from(s)))
         } else {
             Err("expected a postgres:// or postgresql:// URL".to_owned())
         }
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Keep scheme, host and database; drop the credentials.
-        let (scheme, rest) = self.0.split_once("://").unwrap_or(("postgres", &self.0));
-        let host_and_db = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        write!(f, "\"{scheme}://***@{host_and_db}\"")
     }
 }
 

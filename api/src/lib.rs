@@ -1,14 +1,17 @@
 //! gito-api: the tenant REST API of the gito IoT platform, its schema migrations, and the
-//! telemetry processor. `main.rs` only parses configuration and calls into here, so tests
-//! and benchmarks drive exactly what production runs.
+//! telemetry processor. `main.rs` only hands the command line to `cli::run`, so tests and
+//! benchmarks drive exactly what production runs.
+//!
+//! Layers: `http` (the REST API and the WebSocket) and `processor` (MQTT → PostgreSQL) both
+//! build on `domain` (alerts, telemetry schemas, field rules) and never import each other;
+//! `startup` wires them together under one supervisor.
 
 pub mod auth;
 pub mod bootstrap;
+pub mod cli;
 pub mod config;
+pub mod domain;
 pub mod http;
-pub mod logging;
 pub mod migrate;
 pub mod processor;
 pub mod startup;
-#[cfg(feature = "testing")]
-pub mod testing;

@@ -1,9 +1,14 @@
-//! Boot order for `gito-api serve`: migrate (on one dedicated connection), open the pool, start
-//! the live fan-out, bind, then serve and process until shutdown. Split into `build` and `run` so tests can bind port 0 and learn it.
+//! Boot order for `gito-api serve`: migrate (on one dedicated connection), open the pool, bind;
+//! then serve HTTP, process telemetry, fan out live events and listen for token revocations as
+//! supervised tasks, until shutdown or until one of them ends (then the process exits non-zero).
+//! Split into `build` and `run` so tests can bind port 0 and learn it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use gito_runtime::Supervisor;
+use rumqttc::MqttOptions;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -11,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ServeConfig;
-use crate::http::{self, AppState, Limits, Live, TokenCache};
+use crate::http::{self, AppState, Limits, Live, TokenCache, token_cache};
 use crate::migrate::{self, Catalog};
 use crate::processor::{self, ProcessorConfig};
 
@@ -20,8 +25,8 @@ pub struct Server {
     app: axum::Router,
     pool: PgPool,
     processor: Option<ProcessorConfig>,
-    /// Stops the live fan-out once serving has ended.
-    background: CancellationToken,
+    live: Option<(Live, MqttOptions)>,
+    tokens: Arc<TokenCache>,
 }
 
 impl Server {
@@ -38,20 +43,11 @@ impl Server {
             .connect(url)
             .await
             .context("connecting to the database")?;
-        let processor = config
-            .processor
-            .then(|| config.mqtt.processor())
-            .transpose()
-            .context("GITO_MQTT_URL")?;
-        let background = CancellationToken::new();
-        let live = if config.live {
+        let processor = config.processor.then(|| config.mqtt.processor());
+        let live = config.live.then(|| {
             let client_id = format!("gito-api-live-{}", Uuid::new_v4().simple());
-            let options = processor::mqtt_options(&config.mqtt.mqtt_url, &client_id)
-                .context("GITO_MQTT_URL")?;
-            Some(Live::start(options, background.clone()))
-        } else {
-            None
-        };
+            (Live::default(), config.mqtt.mqtt_url.options(&client_id))
+        });
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;
@@ -59,12 +55,13 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
         };
+        let tokens = Arc::new(TokenCache::default());
         let app = http::app(
             AppState {
                 pool: pool.clone(),
-                live,
+                live: live.as_ref().map(|(live, _)| live.clone()),
                 admin: config.admin_token.clone(),
-                tokens: TokenCache::start(pool.clone(), background.clone()),
+                tokens: tokens.clone(),
             },
             limits,
         );
@@ -73,7 +70,8 @@ impl Server {
             app,
             pool,
             processor,
-            background,
+            live,
+            tokens,
         })
     }
 
@@ -81,52 +79,35 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves (and processes, unless disabled) until `shutdown`; then drains both.
+    /// Serves (and processes, unless disabled) until `shutdown`, then stops the tasks in order:
+    /// HTTP first (in-flight requests finish), then the processor (its batch commits), the live
+    /// fan-out, the token listener. An error if any task ended on its own.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "gito-api listening");
-        let processor = self.processor.map(|config| {
-            tokio::spawn(processor::run(config, self.pool.clone(), shutdown.clone()))
+        let Server {
+            listener,
+            app,
+            pool,
+            processor,
+            live,
+            tokens,
+        } = self;
+        let mut tasks = Supervisor::new();
+        tasks.spawn("http", |stop| async move {
+            http::serve(listener, app, stop)
+                .await
+                .context("serving HTTP")
         });
-        let served = http::serve(self.listener, self.app, shutdown.clone())
-            .await
-            .context("serving HTTP");
-        self.background.cancel();
-        if let Some(task) = processor {
-            match task.await {
-                Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the processor failed"),
-                Err(e) => tracing::error!(error = %e, "the processor task panicked"),
-                Ok(Ok(())) => {}
-            }
+        if let Some(config) = processor {
+            let pool = pool.clone();
+            tasks.spawn("processor", |stop| processor::run(config, pool, stop));
         }
-        served
+        if let Some((live, options)) = live {
+            tasks.spawn("live", |stop| live.fan_out(options, stop));
+        }
+        tasks.spawn("token_listener", |stop| {
+            token_cache::listen(tokens, pool, stop)
+        });
+        tasks.run(shutdown).await
     }
-}
-
-/// Resolves on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received");
 }

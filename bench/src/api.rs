@@ -5,7 +5,7 @@
 use std::process::Stdio;
 
 use anyhow::Context as _;
-use gito_api::testing::TestDb;
+use gito_testkit::TestDb;
 use sqlx::{Connection, PgConnection};
 use tokio::process::Command;
 
@@ -26,7 +26,7 @@ pub struct ApiResult {
 }
 
 pub async fn run(devices: u64, seconds: u64) -> anyhow::Result<ApiResult> {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated().await;
     let api = stack::start_api(
         &db.url,
         &[
@@ -39,7 +39,7 @@ pub async fn run(devices: u64, seconds: u64) -> anyhow::Result<ApiResult> {
     .await?;
     let stack::Tenant { id: tenant, token } = stack::create_tenant(&api.url).await?;
     let auth = format!("Authorization: Bearer {token}");
-    let admin = format!("Authorization: Bearer {}", gito_api::testing::ADMIN_TOKEN);
+    let admin = format!("Authorization: Bearer {}", gito_testkit::ADMIN_TOKEN);
     let mut conn = PgConnection::connect(&db.url).await?;
     sqlx::query(
         "INSERT INTO devices (id, tenant_id, name, external_id, device_type)

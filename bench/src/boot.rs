@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gito_api::testing::{TestDb, free_port};
+use gito_testkit::{TestDb, free_port};
 use tokio::process::Command;
 
 use crate::procs::binary;
@@ -31,7 +31,7 @@ async fn boot_once(db_url: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut child = Command::new(binary("gito-api")?)
         .env("DATABASE_URL", db_url)
-        .env("GITO_ADMIN_TOKEN", gito_api::testing::ADMIN_TOKEN)
+        .env("GITO_ADMIN_TOKEN", gito_testkit::ADMIN_TOKEN)
         .env("GITO_API_ADDR", &addr)
         .env("GITO_PROCESSOR", "off")
         .env("GITO_LIVE", "off")
@@ -50,14 +50,14 @@ pub async fn run(runs: usize) -> anyhow::Result<BootResult> {
     let mut empty = Vec::new();
     let mut up_to_date = Vec::new();
     for _ in 0..runs {
-        let db = TestDb::new().await;
+        let db = TestDb::empty().await;
         empty.push(boot_once(&db.url).await?);
         up_to_date.push(boot_once(&db.url).await?);
     }
     let alembic = Alembic::prepare().await?;
     let mut alembic_runs = Vec::new();
     for _ in 0..runs {
-        let db = TestDb::new().await;
+        let db = TestDb::empty().await;
         alembic_runs.push(alembic.upgrade_head(&db.url).await?);
     }
     Ok(BootResult {

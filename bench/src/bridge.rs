@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gito_api::testing::{Broker, TestDb};
+use gito_testkit::{Broker, TestDb};
 
 use crate::mqtt::{Counter, publish_all};
 use crate::procs::Stats;
@@ -88,7 +88,7 @@ async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<f64> {
 async fn gito_bridge(n: u64, devices: u64) -> anyhow::Result<(f64, u64, Stats)> {
     let external = Broker::start().await;
     let local = Broker::start().await;
-    let db = TestDb::new().await;
+    let db = TestDb::migrated().await;
     let api = stack::start_api(&db.url, &[]).await?;
     let tenant = stack::create_tenant(&api.url).await?;
     let spool = tempfile_dir()?;

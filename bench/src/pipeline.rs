@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use gito_api::testing::{Broker, TestDb, publish_all};
+use gito_testkit::{Broker, TestDb, publish_all};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sqlx::{Connection, PgConnection};
 
@@ -35,7 +35,7 @@ pub async fn run(messages: u64, devices: u64) -> anyhow::Result<PipelineResult> 
     let external = Broker::start().await;
     let local =
         Broker::start_with("max_inflight_messages 2000\nmax_queued_messages 1000000\n").await;
-    let db = TestDb::new().await;
+    let db = TestDb::migrated().await;
     let api = stack::start_api(
         &db.url,
         &[("GITO_MQTT_URL", local.url()), ("GITO_LIVE", "off".into())],

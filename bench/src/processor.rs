@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use gito_api::testing::{Broker, TestDb, publish_all};
+use gito_testkit::{Broker, TestDb, publish_all};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use time::format_description::well_known::Rfc3339;
@@ -22,7 +22,7 @@ pub struct ProcessorResult {
 }
 
 pub async fn run(messages: u64, devices: usize) -> anyhow::Result<ProcessorResult> {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated().await;
     let broker = Broker::start_with("max_inflight_messages 1000\n").await;
     let api = stack::start_api(
         &db.url,
@@ -88,7 +88,7 @@ async fn create_devices(
     token: &str,
     n: usize,
 ) -> anyhow::Result<Vec<Uuid>> {
-    let http = gito_api::testing::client_with_token(token);
+    let http = gito_testkit::client_with_token(token);
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let device: Value = http

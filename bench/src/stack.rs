@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gito_api::testing::free_port;
+use gito_testkit::free_port;
 use uuid::Uuid;
 
 use crate::procs::Process;
@@ -18,10 +18,7 @@ pub async fn start_api(db_url: &str, extra_env: &[(&str, String)]) -> anyhow::Re
     let url = format!("http://127.0.0.1:{}", free_port());
     let mut env = vec![
         ("DATABASE_URL", db_url.to_owned()),
-        (
-            "GITO_ADMIN_TOKEN",
-            gito_api::testing::ADMIN_TOKEN.to_owned(),
-        ),
+        ("GITO_ADMIN_TOKEN", gito_testkit::ADMIN_TOKEN.to_owned()),
         (
             "GITO_API_ADDR",
             url.trim_start_matches("http://").to_owned(),
@@ -59,8 +56,8 @@ pub struct Tenant {
 }
 
 pub async fn create_tenant(api_url: &str) -> anyhow::Result<Tenant> {
-    let id = gito_api::testing::create_tenant(api_url, "bench").await;
-    let token = gito_api::testing::create_tenant_token(api_url, id).await;
+    let id = gito_testkit::create_tenant(api_url, "bench").await;
+    let token = gito_testkit::create_tenant_token(api_url, id).await;
     Ok(Tenant { id, token })
 }
 

@@ -12,9 +12,9 @@ use serde_json::json;
 use url::Url;
 use uuid::Uuid;
 
-use crate::config::Secret;
 use crate::mapping::Mapped;
 use crate::metrics::Metrics;
+use gito_runtime::{ExposeSecret as _, SecretString};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -30,7 +30,7 @@ pub enum ResolveError {
 pub struct DeviceResolver {
     http: reqwest::Client,
     devices_url: Url,
-    token: Secret,
+    token: SecretString,
     cache: Mutex<HashMap<String, Uuid>>,
 }
 
@@ -40,7 +40,7 @@ struct Created {
 }
 
 impl DeviceResolver {
-    pub fn new(api_url: &Url, tenant_id: Uuid, token: Secret) -> anyhow::Result<Self> {
+    pub fn new(api_url: &Url, tenant_id: Uuid, token: SecretString) -> anyhow::Result<Self> {
         let devices_url = api_url.join(&format!("tenants/{tenant_id}/devices"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -91,7 +91,7 @@ impl DeviceResolver {
         let request = self
             .http
             .post(self.devices_url.clone())
-            .bearer_auth(self.token.expose())
+            .bearer_auth(self.token.expose_secret())
             .json(&json!({
                 "name": mapped.name,
                 "external_id": mapped.external_id,

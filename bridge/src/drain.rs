@@ -2,15 +2,14 @@
 //! with backoff, and hands the bridge back to direct forwarding once the spool is empty.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ResolveError;
-use crate::backoff::Backoff;
 use crate::forwarder::Context;
 use crate::metrics::DropReason;
+use gito_runtime::Backoff;
 
 /// Records the drainer republishes per spool commit.
 const DRAIN_BATCH: usize = 500;
@@ -19,14 +18,7 @@ const DRAIN_BATCH: usize = 500;
 pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
     let mut api_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        let spool = ctx.spool.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let spool = spool.spool.lock().expect("spool lock");
-            spool.read(DRAIN_BATCH)
-        })
-        .await
-        .expect("spool task");
-        let (records, position) = match read {
+        let (records, position) = match ctx.spool.read(DRAIN_BATCH).await {
             Ok(read) => read,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the spool");
@@ -37,15 +29,12 @@ pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
             }
         };
         if records.is_empty() {
-            {
-                let guard = ctx.spool.spool.lock().expect("spool lock");
-                if guard.is_empty() && ctx.spool.active.swap(false, Ordering::SeqCst) {
-                    tracing::info!("spool drained; forwarding directly again");
-                }
+            if ctx.spool.finish_if_empty() {
+                tracing::info!("spool drained; forwarding directly again");
             }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = ctx.spool.wake.notified() => {}
+                () = ctx.spool.appended() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             continue;
@@ -92,18 +81,7 @@ pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
         if !delivered {
             continue;
         }
-        let spool = ctx.spool.clone();
-        let count = records.len() as u64;
-        let committed = tokio::task::spawn_blocking(move || {
-            spool
-                .spool
-                .lock()
-                .expect("spool lock")
-                .commit(position, count)
-        })
-        .await
-        .expect("spool task");
-        if let Err(e) = committed {
+        if let Err(e) = ctx.spool.commit(position, records.len() as u64).await {
             tracing::error!(error = %e, "cannot commit the spool cursor; the batch will be republished");
         }
     }

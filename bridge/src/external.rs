@@ -1,6 +1,8 @@
 //! The subscription on the external broker: QoS 1, persistent session, manual acks. One task owns
 //! the rumqttc event loop and only polls it; messages go to the forwarder over a bounded channel.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +13,8 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use gito_runtime::Backoff;
 
 /// Larger than any broker's in-flight window towards us, so sending never blocks the loop.
 const CHANNEL: usize = 4096;
@@ -20,31 +22,27 @@ const CHANNEL: usize = 4096;
 pub struct External {
     pub client: AsyncClient,
     pub messages: mpsc::Receiver<Publish>,
-    pub task: tokio::task::JoinHandle<()>,
+    /// Polls the connection until the disconnect went out; dropping it drops the connection.
+    pub connection: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
-/// `intake` stops handing messages over (they stay unacked at the broker); `stop` ends the task.
+/// `intake` stops handing messages over (they stay unacked at the broker).
 pub fn start(
     mut options: MqttOptions,
     topics: Vec<String>,
     metrics: Arc<Metrics>,
     intake: CancellationToken,
-    stop: CancellationToken,
 ) -> External {
     options.set_clean_session(false);
     options.set_manual_acks(true);
-    // Receive anything the protocol allows, so that no message can break the connection (and
-    // come back forever after the reconnect); the size limit is applied, and counted, later.
-    options.set_max_packet_size(268_435_455, 268_435_455);
     let (client, mut eventloop) = AsyncClient::new(options.clone(), CHANNEL);
     let (tx, messages) = mpsc::channel(CHANNEL);
     let subscriber = client.clone();
-    let task = tokio::spawn(async move {
+    let connection = Box::pin(async move {
         let mut tx = Some(tx);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let event = tokio::select! {
-                () = stop.cancelled() => return,
                 () = intake.cancelled(), if tx.is_some() => {
                     tx = None;
                     continue;
@@ -95,10 +93,7 @@ pub fn start(
                     Metrics::set(&metrics.external_connected, false);
                     Metrics::add(&metrics.broker_errors, 1);
                     tracing::warn!(error = %e, "external broker connection lost; reconnecting");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
@@ -106,6 +101,6 @@ pub fn start(
     External {
         client,
         messages,
-        task,
+        connection,
     }
 }

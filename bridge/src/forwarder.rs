@@ -9,23 +9,23 @@
 //! the spool is empty.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Publish, QoS};
+use gito_runtime::mqtt::Ack;
+use gito_wire::{Envelope, TelemetryTopic};
+use rumqttc::Publish;
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::api::{DeviceResolver, ResolveError};
-use crate::envelope::{Envelope, telemetry_topic};
 use crate::local::{Delivery, LocalPublisher};
 use crate::mapping::{Mapping, Unmapped};
 use crate::metrics::{DropReason, Metrics};
 use crate::payload::{self, Rejected};
-use crate::spool::{Record, Spool};
+use crate::spool::{Record, SpoolHandle};
 
 /// How long the local broker may be unreachable before waiting messages go to the spool.
 const SPILL_AFTER: Duration = Duration::from_secs(1);
@@ -33,52 +33,6 @@ const SPILL_AFTER: Duration = Duration::from_secs(1);
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 /// Messages appended to the spool with one fsync.
 const SPOOL_BATCH: usize = 1000;
-
-/// The spool plus whether it is in use: once anything is spooled, every later message is
-/// appended behind it until the drainer has emptied it.
-pub struct SpoolHandle {
-    pub(crate) spool: Mutex<Spool>,
-    pub(crate) active: AtomicBool,
-    pub(crate) wake: Notify,
-    metrics: Arc<Metrics>,
-}
-
-impl SpoolHandle {
-    pub fn new(spool: Spool, metrics: Arc<Metrics>) -> Arc<Self> {
-        let active = !spool.is_empty();
-        Arc::new(SpoolHandle {
-            spool: Mutex::new(spool),
-            active: AtomicBool::new(active),
-            wake: Notify::new(),
-            metrics,
-        })
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.active.load(Ordering::SeqCst)
-    }
-
-    /// Appends and fsyncs, then turns spooling on; afterwards the messages may be acked.
-    async fn append(self: &Arc<Self>, records: Vec<Record>) -> std::io::Result<()> {
-        let this = self.clone();
-        let count = records.len() as u64;
-        let dropped = tokio::task::spawn_blocking(move || {
-            let mut spool = this.spool.lock().expect("spool lock");
-            let dropped = spool.append(&records)?;
-            this.active.store(true, Ordering::SeqCst);
-            Ok::<_, std::io::Error>(dropped)
-        })
-        .await
-        .expect("spool task")?;
-        Metrics::add(&self.metrics.spooled, count);
-        if dropped > 0 {
-            self.metrics.dropped(DropReason::SpoolFull, dropped);
-            tracing::error!(dropped, "spool full: dropped the oldest spooled messages");
-        }
-        self.wake.notify_one();
-        Ok(())
-    }
-}
 
 /// What the forwarder needs; shared with the drainer.
 pub struct Context {
@@ -100,28 +54,6 @@ struct Inflight {
     ack: Ack,
     sent_at: Instant,
     delivery: Delivery,
-}
-
-/// What acknowledging an external message needs.
-#[derive(Debug, Clone, Copy)]
-pub struct Ack {
-    pkid: u16,
-    qos: QoS,
-}
-
-/// Sends the acks to the external broker. Its own task, waiting for room in rumqttc's request
-/// channel, so that an ack is never dropped and the forwarder never waits on the event loop
-/// (which may itself be waiting to hand the forwarder a message). Ends when the forwarder and
-/// the drainer are done.
-pub async fn acker(external: AsyncClient, mut acks: mpsc::UnboundedReceiver<Ack>) {
-    while let Some(ack) = acks.recv().await {
-        let mut publish = Publish::new("", ack.qos, Vec::new());
-        publish.pkid = ack.pkid;
-        if external.ack(&publish).await.is_err() {
-            // The event loop is gone: the broker redelivers what was not acked.
-            return;
-        }
-    }
 }
 
 impl Context {
@@ -171,12 +103,12 @@ impl Context {
     }
 
     pub(crate) async fn republish(&self, device_id: Uuid, record: &Record) -> Delivery {
-        let payload = serde_json::to_vec(&record.envelope).expect("envelopes serialize");
+        let topic = TelemetryTopic {
+            tenant_id: self.tenant_id,
+            device_id,
+        };
         self.publisher
-            .publish(
-                telemetry_topic(self.tenant_id, device_id),
-                Bytes::from(payload),
-            )
+            .publish(topic.to_string(), Bytes::from(record.envelope.to_json()))
             .await
     }
 }
@@ -255,10 +187,7 @@ async fn handle(
     incoming: &mut mpsc::Receiver<Publish>,
     inflight: &mut VecDeque<Inflight>,
 ) {
-    let ack = Ack {
-        pkid: publish.pkid,
-        qos: publish.qos,
-    };
+    let ack = Ack::of(&publish);
     let Some(mut record) = ctx.prepare(&publish) else {
         ctx.ack(ack);
         return;
@@ -268,10 +197,7 @@ async fn handle(
         let mut batch = vec![(record, ack)];
         while batch.len() < SPOOL_BATCH {
             let Ok(next) = incoming.try_recv() else { break };
-            let next_ack = Ack {
-                pkid: next.pkid,
-                qos: next.qos,
-            };
+            let next_ack = Ack::of(&next);
             match ctx.prepare(&next) {
                 Some(r) => batch.push((r, next_ack)),
                 None => ctx.ack(next_ack),

@@ -1,42 +1,44 @@
 //! gito-bridge: subscribes to an external MQTT broker, creates a gito device the first time it
 //! sees a device path, and republishes each message to the local broker as
 //! `{tenant_id}/devices/{device_id}/telemetry` — at least once, in order per device, surviving
-//! outages of the API and of either broker. `main.rs` only parses configuration and calls `run`.
+//! outages of the API and of either broker. `main.rs` only hands the command line to `cli::run`.
 
 pub mod api;
-pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod drain;
-pub mod envelope;
 pub mod external;
 pub mod forwarder;
 pub mod local;
-pub mod logging;
 pub mod mapping;
 pub mod metrics;
 pub mod payload;
 pub mod simulate;
 pub mod spool;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::routing::get;
+use gito_runtime::{Supervisor, mqtt};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::DeviceResolver;
 use crate::config::BridgeConfig;
-use crate::forwarder::{Context, SpoolHandle};
+use crate::forwarder::Context;
 use crate::local::LocalPublisher;
 use crate::mapping::Mapping;
 use crate::metrics::Metrics;
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolHandle};
 
 /// Messages the local publisher keeps unacknowledged at most.
 const LOCAL_INFLIGHT: usize = 1024;
 /// How long shutdown waits for in-flight messages to be acknowledged.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a broker connection may take to send its disconnect at shutdown.
+const DISCONNECT_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Runs the bridge until `shutdown` fires, then finishes what is in flight.
 pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -44,6 +46,12 @@ pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::R
 }
 
 /// `run`, with the counters in the caller's hands (tests read them).
+///
+/// Every task is supervised and stopped in this order at shutdown: the forwarder (the external
+/// broker stops handing messages over, what is in flight is acknowledged), the drainer, the
+/// acker (once both are done, every ack is queued), the external connection (acks first, then
+/// the disconnect), the local connection, the counters' log and the metrics page. If any of them
+/// ends on its own, the rest are stopped the same way and the error names it.
 pub async fn run_with_metrics(
     config: BridgeConfig,
     shutdown: CancellationToken,
@@ -64,29 +72,25 @@ pub async fn run_with_metrics(
     let resolver =
         DeviceResolver::new(&config.api_url, config.tenant_id, config.api_token.clone())?;
     let client_id = format!("gito-bridge-{}", config.tenant_id);
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
 
-    let stop_local = CancellationToken::new();
-    let mut local_options = config.local_mqtt_url.options(&format!("{client_id}-local"));
-    local_options.set_max_packet_size(268_435_455, 268_435_455);
-    let (publisher, local_task) = LocalPublisher::start(
-        local_options,
-        LOCAL_INFLIGHT,
-        metrics.clone(),
-        stop_local.clone(),
-    );
-
+    let local_options = config.local_mqtt_url.options(&format!("{client_id}-local"));
+    let (publisher, local) = LocalPublisher::start(local_options, LOCAL_INFLIGHT, metrics.clone());
     let intake = CancellationToken::new();
-    let stop_external = CancellationToken::new();
     let external = external::start(
         config.external_mqtt_url.options(&client_id),
         config.topics.clone(),
         metrics.clone(),
         intake.clone(),
-        stop_external.clone(),
     );
-
     let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
-    let acker = tokio::spawn(forwarder::acker(external.client.clone(), acks_rx));
     let ctx = Arc::new(Context {
         tenant_id: config.tenant_id,
         mapping,
@@ -95,95 +99,98 @@ pub async fn run_with_metrics(
         publisher: publisher.clone(),
         spool: SpoolHandle::new(spool, metrics.clone()),
         acks: acks_tx,
-
         metrics: metrics.clone(),
     });
-    let stop_drainer = CancellationToken::new();
-    let drainer = tokio::spawn(drain::drain(ctx.clone(), stop_drainer.clone()));
-    let forwarder = tokio::spawn(forwarder::forward(
-        ctx.clone(),
-        external.messages,
-        DRAIN_DEADLINE,
-    ));
-    let side_tasks = CancellationToken::new();
-    tokio::spawn(log_stats(
-        metrics.clone(),
-        config.stats_interval(),
-        side_tasks.clone(),
-    ));
-    if let Some(addr) = config.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+
+    let mut tasks = Supervisor::new();
+    tasks.spawn("forwarder", |stop| {
+        let forward = forwarder::forward(ctx.clone(), external.messages, DRAIN_DEADLINE);
+        async move {
+            tokio::pin!(forward);
+            tokio::select! {
+                // The external connection is gone: the supervisor reports it.
+                () = &mut forward => return Ok(()),
+                () = stop.cancelled() => {}
+            }
+            intake.cancel();
+            forward.await;
+            Ok(())
+        }
+    });
+    tasks.spawn("drainer", |stop| {
+        let drained = drain::drain(ctx.clone(), stop);
+        async move {
+            drained.await;
+            Ok(())
+        }
+    });
+    // The forwarder and the drainer hold the only other senders of acks now.
+    drop(ctx);
+    let external_client = external.client.clone();
+    tasks.spawn("acker", |_stop| async move {
+        mqtt::acker(external_client, acks_rx).await;
+        Ok(())
+    });
+    let client = external.client;
+    tasks.spawn("external connection", |stop| {
+        until_disconnected(external.connection, stop, async move {
+            let _ = client.disconnect().await;
+        })
+    });
+    tasks.spawn("local connection", |stop| {
+        until_disconnected(local, stop, async move { publisher.disconnect().await })
+    });
+    let every = config.stats_interval();
+    let counters = metrics.clone();
+    tasks.spawn("stats", move |stop| log_stats(counters, every, stop));
+    if let Some(listener) = metrics_listener {
         let metrics = metrics.clone();
         let app =
             axum::Router::new().route("/metrics", get(move || async move { metrics.render() }));
-        let stop = side_tasks.clone();
-        tokio::spawn(async move {
+        tasks.spawn("metrics", |stop| async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
+                .context("serving metrics")
         });
     }
     tracing::info!(tenant_id = %config.tenant_id, topics = ?config.topics, "gito-bridge running");
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: finishing in-flight messages");
-    intake.cancel();
-    if let Err(e) = forwarder.await {
-        tracing::error!(error = %e, "the forwarder task failed");
-    }
-    stop_drainer.cancel();
-    let _ = drainer.await;
-    drop(ctx);
-    let _ = acker.await;
-
-    // The acks are queued ahead of the disconnect, so the broker gets them first; each
-    // connection task ends once its disconnect went out (or, with a broker gone, at the deadline).
-    let _ = external.client.disconnect().await;
-    publisher.disconnect().await;
-    for (task, stop) in [(external.task, stop_external), (local_task, stop_local)] {
-        let abort = task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), task)
-            .await
-            .is_err()
-        {
-            stop.cancel();
-            abort.abort();
-        }
-    }
-    side_tasks.cancel();
+    let stopped = tasks.run(shutdown).await;
     tracing::info!(counters = metrics.summary(), "gito-bridge stopped");
+    stopped
+}
+
+/// Polls `connection` until `stop`; then sends the disconnect (behind anything queued, such as
+/// acks) and polls until it went out, or for `DISCONNECT_DEADLINE` with a broker gone.
+async fn until_disconnected(
+    connection: impl Future<Output = ()> + Send,
+    stop: CancellationToken,
+    disconnect: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    tokio::pin!(connection);
+    tokio::select! {
+        () = &mut connection => return Ok(()),
+        () = stop.cancelled() => {}
+    }
+    let _ = tokio::time::timeout(DISCONNECT_DEADLINE, async {
+        tokio::join!(disconnect, &mut connection)
+    })
+    .await;
     Ok(())
 }
 
-async fn log_stats(metrics: Arc<Metrics>, every: Duration, stop: CancellationToken) {
+async fn log_stats(
+    metrics: Arc<Metrics>,
+    every: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return Ok(()),
             _ = tick.tick() => tracing::info!(counters = metrics.summary(), "bridge counters"),
         }
     }
-}
-
-/// Resolves on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -6,16 +6,16 @@
 //! itself would drop them when the broker lost our session).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use gito_runtime::Backoff;
 
 /// Resolves when the broker acknowledged the message; errors when it was cancelled.
 pub type Delivery = oneshot::Receiver<()>;
@@ -47,13 +47,13 @@ struct Entry {
 }
 
 impl LocalPublisher {
-    /// Starts the connection task; at most `capacity` messages are unacknowledged at once.
+    /// The publisher, and the connection to poll (until the disconnect went out; dropping it
+    /// drops the connection). At most `capacity` messages are unacknowledged at once.
     pub fn start(
         options: MqttOptions,
         capacity: usize,
         metrics: Arc<Metrics>,
-        stop: CancellationToken,
-    ) -> (LocalPublisher, tokio::task::JoinHandle<()>) {
+    ) -> (LocalPublisher, impl Future<Output = ()> + Send + 'static) {
         let (client, eventloop) = connect(&options, capacity);
         let shared = Arc::new(Mutex::new(Shared {
             client,
@@ -68,8 +68,8 @@ impl LocalPublisher {
             shared: shared.clone(),
             permits: Arc::new(Semaphore::new(capacity)),
         };
-        let task = tokio::spawn(drive(eventloop, options, capacity, shared, metrics, stop));
-        (publisher, task)
+        let connection = drive(eventloop, options, capacity, shared, metrics);
+        (publisher, connection)
     }
 
     /// Hands a message over, waiting while `capacity` messages are unacknowledged.
@@ -144,15 +144,11 @@ async fn drive(
     capacity: usize,
     shared: Arc<Mutex<Shared>>,
     metrics: Arc<Metrics>,
-    stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut generation = 0;
     loop {
-        let event = tokio::select! {
-            () = stop.cancelled() => return,
-            event = eventloop.poll() => event,
-        };
+        let event = eventloop.poll().await;
         let rebuild = {
             let mut guard = shared.lock().expect("publisher lock");
             let stale = guard.generation != generation;
@@ -192,10 +188,7 @@ async fn drive(
             continue;
         }
         if event.is_err() {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-            }
+            tokio::time::sleep(backoff.next_delay()).await;
         }
         // A fresh connection with everything unacknowledged published again, in order.
         let (client, fresh) = connect(&options, capacity);

@@ -4,19 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use gito_wire::MetricValue;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-
-/// One metric's value, as it travels in the envelope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum MetricValue {
-    Number(f64),
-    Bool(bool),
-    Text(String),
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::MqttUrl;
+use gito_runtime::mqtt::MqttUrl;
 
 const SITES: [&str; 3] = ["SDE11", "SDE12", "NRT03"];
 const PLANTS: [&str; 3] = ["JAX", "ORL", "TPA"];

@@ -3,8 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -15,30 +14,12 @@ use super::fields::{self, MAX_NAME_CHARS};
 use super::openapi::{ItemPath, Name, TenantPath};
 use super::page::{Keyed, Page, PageParams};
 use super::{AppState, tenants};
-
-const OPERATORS: [&str; 6] = [">", ">=", "<", "<=", "==", "!="];
+use crate::domain::alerts::{self, AlertRule};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(read, update, remove))
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct AlertRule {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub name: String,
-    pub metric: String,
-    pub operator: String,
-    pub threshold: f64,
-    pub device_id: Option<Uuid>,
-    pub device_type_id: Option<Uuid>,
-    pub device_type: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
 }
 
 impl Keyed for AlertRule {
@@ -74,14 +55,7 @@ struct RulePatch {
 }
 
 fn operator(op: &str) -> Result<String, ApiError> {
-    if OPERATORS.contains(&op) {
-        Ok(op.to_owned())
-    } else {
-        Err(ApiError::unprocessable(
-            "invalid_field",
-            "operator must be one of > >= < <= == !=",
-        ))
-    }
+    Ok(alerts::operator(op)?.to_owned())
 }
 
 #[utoipa::path(post, path = "/tenants/{tenant_id}/alert-rules", tag = "alerts", params(TenantPath), request_body = NewRule,

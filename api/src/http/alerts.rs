@@ -1,8 +1,7 @@
 //! Alerts the processor opened and resolved; operators list and acknowledge them.
 
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -12,28 +11,12 @@ use super::extract::{Json, Path, Query};
 use super::openapi::{ItemPath, TenantPath};
 use super::page::{self, Keyed, Page};
 use super::{AppState, tenants};
+use crate::domain::alerts::Alert;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(acknowledge))
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Alert {
-    pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub rule_id: Uuid,
-    pub device_id: Uuid,
-    pub value: f64,
-    /// `open`, `acknowledged` or `resolved`.
-    pub state: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub opened_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub acknowledged_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub resolved_at: Option<OffsetDateTime>,
 }
 
 impl Keyed for Alert {

@@ -1,8 +1,6 @@
 //! Device types: how operators classify devices. A type's `telemetry_schema` describes the
 //! metrics it reports (unit, expected min/max), which dashboards and the processor use.
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -18,50 +16,12 @@ use super::fields::{self, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS};
 use super::openapi::{Description, ItemPath, Name, TenantPath};
 use super::page::{Keyed, Page, PageParams};
 use super::{AppState, tenants};
+use crate::domain::telemetry_schema::TelemetrySchema;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(read, update, remove))
-}
-
-/// Metric name → what is expected of it, e.g. `{"CHIMNEY_TEMP": {"unit": "°C", "max": 600}}`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(transparent)]
-pub struct TelemetrySchema(pub BTreeMap<String, MetricSpec>);
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MetricSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Name>)]
-    pub unit: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<f64>,
-}
-
-impl TelemetrySchema {
-    fn validate(&self) -> Result<(), ApiError> {
-        for (metric, spec) in &self.0 {
-            fields::text("telemetry_schema metric name", metric, MAX_NAME_CHARS)?;
-            fields::optional_text(
-                "telemetry_schema unit",
-                spec.unit.as_deref(),
-                MAX_NAME_CHARS,
-            )?;
-            if let (Some(min), Some(max)) = (spec.min, spec.max)
-                && min > max
-            {
-                return Err(ApiError::unprocessable(
-                    "invalid_field",
-                    format!("telemetry_schema.{metric}: min must not exceed max"),
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

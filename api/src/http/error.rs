@@ -41,6 +41,12 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl From<crate::domain::fields::FieldError> for ApiError {
+    fn from(e: crate::domain::fields::FieldError) -> Self {
+        ApiError::unprocessable("invalid_field", e.to_string())
+    }
+}
+
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::BadRequest {

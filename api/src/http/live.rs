@@ -9,9 +9,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
+use gito_wire::topic::{ALERTS_FILTER, TELEMETRY_FILTER};
+use gito_wire::{AlertsTopic, Envelope, LiveEvent, TelemetryEvent, TelemetryTopic};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
@@ -22,98 +23,89 @@ use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::openapi::TenantPath;
 use super::{AppState, tenants};
-use crate::processor::envelope;
 
 /// Events a client may fall behind by before it is disconnected.
 const BACKLOG: usize = 4096;
 
 #[derive(Clone)]
 pub struct Live {
-    events: broadcast::Sender<LiveEvent>,
+    events: broadcast::Sender<Fanned>,
 }
 
+/// An event on its way to the clients: whom it concerns, and its JSON, serialized once.
 #[derive(Debug, Clone)]
-pub struct LiveEvent {
+struct Fanned {
     tenant_id: Uuid,
-    device_id: Option<Uuid>,
+    device_id: Uuid,
     json: Arc<str>,
 }
 
-impl Live {
-    /// Subscribes to every tenant's telemetry and alerts (QoS 0: live views want the present).
-    pub fn start(mut options: MqttOptions, shutdown: CancellationToken) -> Live {
-        options.set_clean_session(true);
+impl Default for Live {
+    fn default() -> Self {
         let (events, _) = broadcast::channel(BACKLOG);
-        let sender = events.clone();
-        let (client, mut eventloop) = AsyncClient::new(options, 100);
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    event = eventloop.poll() => event,
-                };
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        for filter in ["+/devices/+/telemetry", "+/alerts"] {
-                            let _ = client.try_subscribe(filter, QoS::AtMostOnce);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Some(event) = to_event(&p.topic, &p.payload) {
-                            // No receiver is fine: nobody is watching.
-                            let _ = sender.send(event);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "live fan-out lost the broker; reconnecting");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                }
-            }
-        });
         Live { events }
     }
 }
 
-fn to_event(topic: &str, payload: &[u8]) -> Option<LiveEvent> {
-    if let Some(tenant) = topic.strip_suffix("/alerts") {
-        let tenant_id = Uuid::try_parse(tenant).ok()?;
-        let body: Value = serde_json::from_slice(payload).ok()?;
-        let device_id = body["alert"]["device_id"]
-            .as_str()
-            .and_then(|d| Uuid::try_parse(d).ok());
-        return Some(LiveEvent {
-            tenant_id,
-            device_id,
-            json: body.to_string().into(),
-        });
-    }
-    let t = envelope::parse(topic, payload).ok()?;
-    let metrics: serde_json::Map<String, Value> = t
-        .metrics
-        .iter()
-        .map(|(k, v)| {
-            let value = match v {
-                envelope::MetricValue::Number(n) => json!(n),
-                envelope::MetricValue::Bool(b) => json!(b),
-                envelope::MetricValue::Text(s) => json!(s),
+impl Live {
+    /// Subscribes to every tenant's telemetry and alerts (QoS 0: live views want the present)
+    /// and hands each event to the connected clients, until `stop` (a supervised task).
+    pub async fn fan_out(
+        self,
+        mut options: MqttOptions,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        options.set_clean_session(true);
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        loop {
+            let event = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                event = eventloop.poll() => event,
             };
-            (k.clone(), value)
-        })
-        .collect();
-    let ts =
-        t.ts.format(&time::format_description::well_known::Rfc3339)
-            .ok()?;
-    let body = json!({ "type": "telemetry", "tenant_id": t.tenant_id, "device_id": t.device_id, "ts": ts, "metrics": metrics });
-    Some(LiveEvent {
-        tenant_id: t.tenant_id,
-        device_id: Some(t.device_id),
-        json: body.to_string().into(),
-    })
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    for filter in [TELEMETRY_FILTER, ALERTS_FILTER] {
+                        let _ = client.try_subscribe(filter, QoS::AtMostOnce);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(event) = to_event(&p.topic, &p.payload) {
+                        // No receiver is fine: nobody is watching.
+                        let _ = self.events.send(Fanned {
+                            tenant_id: event.tenant_id(),
+                            device_id: event.device_id(),
+                            json: event.to_json().into(),
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "live fan-out lost the broker; reconnecting");
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The event a message on the local broker stands for; `None` for anything that is not one
+/// (the processor has already counted and dropped it).
+fn to_event(topic: &str, payload: &[u8]) -> Option<LiveEvent> {
+    if let Ok(alerts) = topic.parse::<AlertsTopic>() {
+        let event: LiveEvent = serde_json::from_slice(payload).ok()?;
+        return (event.tenant_id() == alerts.tenant_id).then_some(event);
+    }
+    let topic: TelemetryTopic = topic.parse().ok()?;
+    let envelope = Envelope::from_json(payload).ok()?;
+    Some(LiveEvent::Telemetry(TelemetryEvent {
+        tenant_id: topic.tenant_id,
+        device_id: topic.device_id,
+        ts: envelope.ts,
+        metrics: envelope.metrics,
+    }))
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -154,7 +146,7 @@ async fn connect(
 
 async fn stream(
     mut socket: WebSocket,
-    mut events: broadcast::Receiver<LiveEvent>,
+    mut events: broadcast::Receiver<Fanned>,
     tenant_id: Uuid,
     device_id: Option<Uuid>,
 ) {
@@ -162,7 +154,7 @@ async fn stream(
         tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => {
-                    let wanted = event.tenant_id == tenant_id && (device_id.is_none() || event.device_id == device_id);
+                    let wanted = event.tenant_id == tenant_id && device_id.is_none_or(|d| d == event.device_id);
                     if wanted && socket.send(Message::Text(event.json.as_ref().into())).await.is_err() {
                         return;
                     }

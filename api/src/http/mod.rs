@@ -4,7 +4,6 @@ mod alert_rules;
 mod alerts;
 mod auth;
 mod device_groups;
-
 mod device_types;
 mod devices;
 mod error;
@@ -13,13 +12,12 @@ pub(crate) mod fields;
 mod health;
 mod live;
 mod openapi;
-
 mod organizations;
 mod page;
 mod sites;
 mod telemetry;
 mod tenants;
-mod token_cache;
+pub mod token_cache;
 mod tokens;
 
 use std::sync::Arc;
@@ -46,10 +44,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::auth::AdminToken;
 pub use token_cache::TokenCache;
 
-pub use alert_rules::AlertRule;
-pub use alerts::Alert;
 pub use auth::Principal;
-pub use device_types::{MetricSpec, TelemetrySchema};
 pub use error::ApiError;
 pub use live::Live;
 

@@ -8,14 +8,12 @@
 use axum::http::Method;
 use axum::response::Html;
 use serde::Serialize;
-use utoipa::openapi::RefOr;
 use utoipa::openapi::path::{Operation, PathItem};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
-use utoipa::{IntoParams, PartialSchema, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
-use super::fields;
+pub use crate::domain::fields::{Description, ExternalId, Name};
 use uuid::Uuid;
 
 /// Paths that answer without a token.
@@ -77,39 +75,6 @@ pub struct ItemPath {
     pub tenant_id: Uuid,
     /// The item's id.
     pub id: Uuid,
-}
-
-/// Text fields as `fields::text` accepts them: no control characters, no whitespace at either end.
-pub const TEXT_PATTERN: &str =
-    r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$";
-
-/// Documentation-only types for text fields (`#[schema(value_type = Name)]` on a `String`): the
-/// handlers validate with `fields::text` and the same limits.
-macro_rules! text_schemas {
-    ($($name:ident = $max:expr, $doc:literal;)*) => {$(
-        #[doc = $doc]
-        pub struct $name;
-
-        impl PartialSchema for $name {
-            fn schema() -> RefOr<Schema> {
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .min_length(Some(1))
-                    .max_length(Some($max))
-                    .pattern(Some(TEXT_PATTERN))
-                    .description(Some($doc))
-                    .into()
-            }
-        }
-
-        impl ToSchema for $name {}
-    )*};
-}
-
-text_schemas! {
-    Name = fields::MAX_NAME_CHARS, "A name: 1 to 200 characters, no control characters, no whitespace at either end.";
-    ExternalId = fields::MAX_EXTERNAL_ID_CHARS, "The device's path on the external broker (the bridge's key): 1 to 1024 characters, no control characters, no whitespace at either end.";
-    Description = fields::MAX_DESCRIPTION_CHARS, "Free text: 1 to 2000 characters, no control characters, no whitespace at either end.";
 }
 
 /// Adds what every operation shares: the security requirement and the error responses.

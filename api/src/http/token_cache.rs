@@ -42,13 +42,6 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// A cache kept in step with the database by a listener task, until `shutdown`.
-    pub fn start(pool: PgPool, shutdown: CancellationToken) -> Arc<TokenCache> {
-        let cache = Arc::new(TokenCache::default());
-        tokio::spawn(listen(cache.clone(), pool, shutdown));
-        cache
-    }
-
     /// The token behind `key_id`, if cached while the listener is connected.
     pub fn get(&self, key_id: &str) -> Option<Cached> {
         if !self.listening.load(Ordering::Acquire) {
@@ -93,7 +86,13 @@ impl TokenCache {
     }
 }
 
-async fn listen(cache: Arc<TokenCache>, pool: PgPool, shutdown: CancellationToken) {
+/// Keeps `cache` in step with the database until `shutdown` (run it as a supervised task):
+/// without it the cache stays empty and every request reads the database.
+pub async fn listen(
+    cache: Arc<TokenCache>,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let connected = async {
@@ -102,13 +101,13 @@ async fn listen(cache: Arc<TokenCache>, pool: PgPool, shutdown: CancellationToke
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
             connected = connected => match connected {
                 Ok(listener) => listener,
                 Err(e) => {
                     tracing::warn!(error = %e, "token cache: cannot listen for revocations; tokens are looked up on every request");
                     tokio::select! {
-                        () = shutdown.cancelled() => return,
+                        () = shutdown.cancelled() => return Ok(()),
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -120,7 +119,7 @@ async fn listen(cache: Arc<TokenCache>, pool: PgPool, shutdown: CancellationToke
         cache.reset(true);
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return Ok(()),
                 received = listener.try_recv() => match received {
                     Ok(Some(notification)) if notification.payload() == "*" => cache.reset(true),
                     Ok(Some(notification)) => cache.evict(notification.payload()),

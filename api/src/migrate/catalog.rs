@@ -32,6 +32,11 @@ impl Migration {
     pub fn down_file(&self) -> String {
         format!("migrations/{}.down.sql", self.name)
     }
+
+    /// The SHA-384 of the up file, as recorded in `gito_schema_migrations`.
+    pub fn checksum(&self) -> &[u8] {
+        &self.checksum
+    }
 }
 
 /// All known migrations, sorted by version, versions unique.

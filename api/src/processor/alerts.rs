@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::devices::DeviceInfo;
-use crate::http::{Alert, AlertRule};
+use crate::domain::alerts::{Alert, AlertRule};
+use gito_wire::{AlertChange, AlertEvent};
 
 /// (rule, device) → the rule and that device's values, in a stable (lock) order.
 type Series<'a> = BTreeMap<(Uuid, Uuid), (&'a AlertRule, Vec<(OffsetDateTime, f64)>)>;
@@ -22,15 +23,6 @@ pub struct Sample<'a> {
     pub ts: OffsetDateTime,
     pub metric: &'a str,
     pub value: f64,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AlertEvent {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// `opened` or `resolved`.
-    pub event: &'static str,
-    pub alert: Alert,
 }
 
 pub async fn rules_for(
@@ -59,18 +51,6 @@ fn applies(rule: &AlertRule, sample: &Sample<'_>) -> bool {
             .device_type
             .as_ref()
             .is_none_or(|t| sample.device.device_type.as_ref() == Some(t))
-}
-
-fn holds(rule: &AlertRule, value: f64) -> bool {
-    match rule.operator.as_str() {
-        ">" => value > rule.threshold,
-        ">=" => value >= rule.threshold,
-        "<" => value < rule.threshold,
-        "<=" => value <= rule.threshold,
-        "==" => value == rule.threshold,
-        "!=" => value != rule.threshold,
-        _ => false,
-    }
 }
 
 /// Evaluates `samples` against `rules` inside the batch's transaction; returns what changed.
@@ -120,20 +100,18 @@ pub async fn evaluate(
                 continue;
             }
 
-            let now_firing = holds(rule, value);
+            let now_firing = rule.holds(value);
             if now_firing && !firing {
                 if let Some(alert) = open(conn, rule, device_id, value, ts).await? {
                     events.push(AlertEvent {
-                        kind: "alert",
-                        event: "opened",
+                        event: AlertChange::Opened,
                         alert,
                     });
                 }
             } else if !now_firing && firing {
                 for alert in resolve(conn, rule_id, device_id, ts).await? {
                     events.push(AlertEvent {
-                        kind: "alert",
-                        event: "resolved",
+                        event: AlertChange::Resolved,
                         alert,
                     });
                 }

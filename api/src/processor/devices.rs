@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::http::TelemetrySchema;
+use crate::domain::telemetry_schema::TelemetrySchema;
 
 const TTL: Duration = Duration::from_secs(30);
 /// Unknown ids are remembered briefly, so that garbage cannot make every batch query again.
@@ -30,15 +30,9 @@ pub struct DeviceInfo {
 impl DeviceInfo {
     /// Values the type's schema does not expect: an unlisted metric, or one outside min/max.
     pub fn is_unexpected(&self, metric: &str, value: Option<f64>) -> bool {
-        let Some(schema) = &self.schema else {
-            return false;
-        };
-        match schema.0.get(metric) {
-            None => true,
-            Some(spec) => value.is_some_and(|v| {
-                spec.min.is_some_and(|min| v < min) || spec.max.is_some_and(|max| v > max)
-            }),
-        }
+        self.schema
+            .as_ref()
+            .is_some_and(|schema| schema.is_unexpected(metric, value))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gito_api::testing::wait_for;
+use gito_testkit::wait_for;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -84,7 +84,7 @@ async fn every_route_but_health_ready_and_the_docs_wants_a_valid_token() {
         let response = app
             .anonymous
             .request(method.clone(), app.url(&path))
-            .basic_auth("admin", Some(gito_api::testing::ADMIN_TOKEN))
+            .basic_auth("admin", Some(gito_testkit::ADMIN_TOKEN))
             .send()
             .await
             .expect("sent");
@@ -323,8 +323,9 @@ async fn the_websocket_wants_a_token_of_its_tenant() {
     let app = TestApp::spawn().await;
     let (mine, theirs) = (app.tenant("mine").await, app.tenant("theirs").await);
     let token = app.token_for(mine).await;
+    let addr = app.addr;
     let attempt = |path: String| async move {
-        let url = format!("ws://{}{path}", app.addr);
+        let url = format!("ws://{addr}{path}");
         match tokio_tungstenite::connect_async(&url).await {
             Ok(_) => StatusCode::SWITCHING_PROTOCOLS,
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {

@@ -12,7 +12,7 @@ const BOOT_DEADLINE: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn serve_logs_one_upgrade_per_migration_on_an_empty_database_and_none_on_the_next_start() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let mut first = ApiProcess::start(gito_api(&db.url, &["serve"]));
     first.wait_ready(BOOT_DEADLINE).await;
     assert_eq!(
@@ -45,7 +45,7 @@ async fn serve_logs_one_upgrade_per_migration_on_an_empty_database_and_none_on_t
 
 #[tokio::test]
 async fn eight_replicas_started_together_all_become_ready_and_each_migration_runs_once() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let mut replicas: Vec<ApiProcess> = (0..8)
         .map(|_| ApiProcess::start(gito_api(&db.url, &["serve"])))
         .collect();
@@ -79,7 +79,7 @@ async fn eight_replicas_started_together_all_become_ready_and_each_migration_run
 
 #[tokio::test]
 async fn boot_refuses_a_modified_migration_with_one_line_naming_version_and_file() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     assert!(run_gito_api(&db.url, &["migrate", "up"]).await.0);
     let mut conn = db.connect().await;
     sqlx::query("UPDATE gito_schema_migrations SET checksum = sha384('edited') WHERE version = 2")
@@ -94,7 +94,7 @@ async fn boot_refuses_a_modified_migration_with_one_line_naming_version_and_file
 
 #[tokio::test]
 async fn boot_refuses_a_database_newer_than_the_code() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     assert!(run_gito_api(&db.url, &["migrate", "up"]).await.0);
     let mut conn = db.connect().await;
     sqlx::query("INSERT INTO gito_schema_migrations (version, name, checksum, execution_ms) VALUES (8, '008_newer', '\\x00', 1)")
@@ -118,7 +118,7 @@ async fn boot_refuses_a_database_newer_than_the_code() {
 
 #[tokio::test]
 async fn migrate_on_boot_false_skips_migrations_and_ready_says_503() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let mut command = gito_api(&db.url, &["serve"]);
     command.env("GITO_MIGRATE_ON_BOOT", "false");
     let process = ApiProcess::start(command);
@@ -150,7 +150,7 @@ async fn migrate_on_boot_false_skips_migrations_and_ready_says_503() {
 
 #[tokio::test]
 async fn migrate_commands_print_what_operators_expect() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let run = |args: &'static [&'static str]| run_gito_api(&db.url, args);
 
     let (ok, stdout, _) = run(&["migrate", "current"]).await;

@@ -60,7 +60,7 @@ async fn sql_metacharacters_and_unicode_are_stored_verbatim_and_match_only_thems
             let (status, page) = app
                 .anonymous
                 .get(app.url(&format!("/tenants/{tenant}/devices")))
-                .bearer_auth(gito_api::testing::ADMIN_TOKEN)
+                .bearer_auth(gito_testkit::ADMIN_TOKEN)
                 .query(&[(filter, name)])
                 .send()
                 .await
@@ -155,7 +155,7 @@ async fn malformed_ids_anywhere_in_a_path_are_400() {
                 Method::GET
             };
             let (status, body) = app
-                .send_as(Some(gito_api::testing::ADMIN_TOKEN), method, &path, None)
+                .send_as(Some(gito_testkit::ADMIN_TOKEN), method, &path, None)
                 .await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
             assert_eq!(error_code(&body), "invalid_path", "{path}");
@@ -259,9 +259,8 @@ async fn deep_json_and_bodies_that_are_not_objects_are_refused() {
 
 #[tokio::test]
 async fn a_client_that_stalls_mid_body_gets_503_when_the_request_timeout_expires() {
-    let db = TestDb::new().await;
-    let mut config =
-        gito_api::testing::serve_config(&db.url, "127.0.0.1:0".parse().expect("address"));
+    let db = TestDb::migrated().await;
+    let mut config = gito_testkit::serve_config(&db.url, "127.0.0.1:0".parse().expect("address"));
     config.request_timeout = Duration::from_secs(1);
     let api = TestApi::start_with(config).await;
     let mut socket = tokio::net::TcpStream::connect(api.addr)
@@ -269,7 +268,7 @@ async fn a_client_that_stalls_mid_body_gets_503_when_the_request_timeout_expires
         .expect("connect");
     let head = format!(
         "POST /tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":",
-        gito_api::testing::ADMIN_TOKEN
+        gito_testkit::ADMIN_TOKEN
     );
     socket.write_all(head.as_bytes()).await.expect("send");
     let mut answer = Vec::new();

@@ -9,4 +9,5 @@ mod hierarchy;
 mod hostile;
 mod migrations;
 mod processor;
+mod supervision;
 mod tenants;

@@ -41,7 +41,7 @@ async fn current(db: &TestDb) -> String {
 
 #[tokio::test]
 async fn empty_database_migrates_to_head_and_a_second_run_applies_nothing() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     assert_eq!(current(&db).await, "base (7 pending)");
     let applied = migrate::up(&db.url, Catalog::embedded(), None)
         .await
@@ -70,7 +70,7 @@ async fn empty_database_migrates_to_head_and_a_second_run_applies_nothing() {
 
 #[tokio::test]
 async fn head_to_base_to_head_leaves_an_identical_schema() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let catalog = Catalog::embedded();
     migrate::up(&db.url, catalog, None).await.expect("up");
     let mut conn = db.connect().await;
@@ -98,7 +98,7 @@ async fn head_to_base_to_head_leaves_an_identical_schema() {
 #[tokio::test]
 async fn downgrading_005_with_unclassified_devices_fails_naming_column_and_count_and_changes_nothing()
  {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let catalog = Catalog::embedded();
     migrate::up(&db.url, catalog, None).await.expect("up");
     let mut conn = db.connect().await;
@@ -143,7 +143,7 @@ async fn downgrading_005_with_unclassified_devices_fails_naming_column_and_count
 
 #[tokio::test]
 async fn down_by_steps_and_to_a_version_then_up_to_a_version() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let catalog = Catalog::embedded();
     migrate::up(&db.url, catalog, None).await.expect("up");
     let reverted = migrate::down(&db.url, catalog, DownTarget::Steps(2))
@@ -169,7 +169,7 @@ async fn down_by_steps_and_to_a_version_then_up_to_a_version() {
 
 #[tokio::test]
 async fn stamp_records_versions_without_running_them() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let catalog = Catalog::embedded();
     migrate::stamp(&db.url, catalog, Some(3))
         .await
@@ -189,7 +189,7 @@ async fn stamp_records_versions_without_running_them() {
 
 #[tokio::test]
 async fn a_modified_applied_migration_is_refused_by_name_and_file() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     migrate::up(&db.url, Catalog::embedded(), None)
         .await
         .expect("up");
@@ -213,7 +213,7 @@ async fn a_modified_applied_migration_is_refused_by_name_and_file() {
 
 #[tokio::test]
 async fn a_database_newer_than_the_code_is_refused() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     migrate::up(&db.url, Catalog::embedded(), None)
         .await
         .expect("up");
@@ -242,7 +242,7 @@ fn write(dir: &Path, file: &str, sql: &str) {
 
 #[tokio::test]
 async fn a_pending_migration_older_than_the_newest_applied_is_refused() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "001_a.up.sql", "CREATE TABLE a (id int);");
     write(dir.path(), "001_a.down.sql", "DROP TABLE a;");
@@ -263,7 +263,7 @@ async fn a_pending_migration_older_than_the_newest_applied_is_refused() {
 
 #[tokio::test]
 async fn a_failing_migration_rolls_back_and_names_its_file() {
-    let db = TestDb::new().await;
+    let db = TestDb::empty().await;
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "001_ok.up.sql", "CREATE TABLE ok (id int);");
     write(

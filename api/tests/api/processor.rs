@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
-use gito_api::testing::{Broker, TestApi, TestDb, publish_all, wait_for};
+use gito_testkit::{Broker, TestApi, TestDb, publish_all, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -24,19 +24,19 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Stack {
-        let db = TestDb::new().await;
+        let db = TestDb::migrated().await;
         let broker = Broker::start().await;
         let api = TestApi::start_processing(&db.url, &broker.url()).await;
         Stack {
             api,
             db,
             broker,
-            http: gito_api::testing::admin_client(),
+            http: gito_testkit::admin_client(),
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.api.url())
+        format!("{}{path}", self.api.url(""))
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
@@ -309,7 +309,7 @@ async fn an_alert_opens_once_resolves_can_be_acknowledged_and_reaches_websocket_
         )
         .await;
     // Browsers cannot set headers on a WebSocket: the tenant's token goes in the query.
-    let token = gito_api::testing::create_tenant_token(&stack.api.url(), tenant).await;
+    let token = gito_testkit::create_tenant_token(&stack.api.url(""), tenant).await;
     let ws_url = format!("ws://{}/tenants/{tenant}/ws?token={token}", stack.api.addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
         .await
@@ -486,12 +486,12 @@ fn processor(db_url: &str, broker_url: &str, client_id: &str) -> ApiProcess {
 }
 
 async fn stream_setup(devices: usize) -> (TestDb, Broker, Uuid, Vec<Uuid>) {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated().await;
     let broker = Broker::start_with("max_inflight_messages 1000\n").await;
     let api = TestApi::start(&db.url, "127.0.0.1:0".parse().expect("address")).await;
-    let http = gito_api::testing::admin_client();
+    let http = gito_testkit::admin_client();
     let tenant: Value = http
-        .post(format!("{}/tenants", api.url()))
+        .post(format!("{}/tenants", api.url("")))
         .json(&json!({ "name": "t" }))
         .send()
         .await
@@ -503,7 +503,7 @@ async fn stream_setup(devices: usize) -> (TestDb, Broker, Uuid, Vec<Uuid>) {
     let mut ids = Vec::new();
     for i in 0..devices {
         let d: Value = http
-            .post(format!("{}/tenants/{tenant}/devices", api.url()))
+            .post(format!("{}/tenants/{tenant}/devices", api.url("")))
             .json(&json!({ "name": format!("d{i}") }))
             .send()
             .await

@@ -162,7 +162,7 @@ async fn malformed_messages_are_counted_by_reason_and_skipped_while_valid_traffi
     let collector = Collector::subscribe(&stack.local.url(), &stack.telemetry_filter()).await;
     let mut config = stack.config();
     config.max_payload_bytes = 1024;
-    let metrics_port = gito_api::testing::free_port();
+    let metrics_port = gito_testkit::free_port();
     config.metrics_addr = Some(format!("127.0.0.1:{metrics_port}").parse().expect("addr"));
     let bridge = RunningBridge::start(config).await;
 

@@ -93,7 +93,7 @@ async fn restarting_the_local_broker_mid_stream_loses_nothing() {
 async fn a_bridge_killed_with_sigkill_mid_stream_and_restarted_loses_nothing() {
     let stack = Stack::start().await;
     let collector = Collector::subscribe(&stack.local.url(), &stack.telemetry_filter()).await;
-    let metrics_port = gito_api::testing::free_port();
+    let metrics_port = gito_testkit::free_port();
     let start_bridge = || {
         let mut command = Command::new(bridge_binary());
         command
@@ -151,12 +151,11 @@ async fn a_token_of_another_tenant_spools_everything_until_the_right_token_is_co
     let stack = Stack::start().await;
     let collector = Collector::subscribe(&stack.local.url(), &stack.telemetry_filter()).await;
     let api_url = format!("http://{}", stack.api_addr);
-    let elsewhere = gito_api::testing::create_tenant(&api_url, "elsewhere").await;
+    let elsewhere = gito_testkit::create_tenant(&api_url, "elsewhere").await;
     let mut config = stack.config();
-    config.api_token = gito_api::testing::create_tenant_token(&api_url, elsewhere)
+    config.api_token = gito_testkit::create_tenant_token(&api_url, elsewhere)
         .await
-        .parse()
-        .expect("token");
+        .into();
     let bridge = RunningBridge::start(config).await;
 
     let sent = stream(stack.external.url(), "WRONG", 5, 50, 500)

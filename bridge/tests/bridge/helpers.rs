@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gito_api::testing::{Broker, TestApi, TestDb, wait_for};
 use gito_bridge::config::BridgeConfig;
 use gito_bridge::metrics::Metrics;
+use gito_testkit::{Broker, TestApi, TestDb, wait_for};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use gito_api::testing::wait_for as wait;
+pub use gito_testkit::wait_for as wait;
 
 pub struct Stack {
     pub db: TestDb,
@@ -33,12 +33,12 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
-        let db = TestDb::new().await;
+        let db = TestDb::migrated().await;
         let api = TestApi::start(&db.url, "127.0.0.1:0".parse().expect("address")).await;
-        let tenant = gito_api::testing::create_tenant(&api.url(), "plant").await;
+        let tenant = gito_testkit::create_tenant(&api.url(""), "plant").await;
         // The bridge works with a token of its own tenant, as deployed.
-        let token = gito_api::testing::create_tenant_token(&api.url(), tenant).await;
-        let http = gito_api::testing::client_with_token(&token);
+        let token = gito_testkit::create_tenant_token(&api.url(""), tenant).await;
+        let http = gito_testkit::client_with_token(&token);
         Stack {
             api_addr: api.addr,
             api: Some(api),
@@ -59,7 +59,7 @@ impl Stack {
             local_mqtt_url: self.local.url().parse().expect("url"),
             api_url: format!("http://{}", self.api_addr).parse().expect("url"),
             tenant_id: self.tenant,
-            api_token: self.token.parse().expect("token"),
+            api_token: self.token.as_str().into(),
             mapping: None,
             spool_dir: self.spool.path().to_owned(),
             spool_max_bytes: 64 << 20,
@@ -201,7 +201,7 @@ pub struct Collector {
 
 impl Collector {
     pub async fn subscribe(broker_url: &str, filter: &str) -> Collector {
-        let url: gito_bridge::config::MqttUrl = broker_url.parse().expect("url");
+        let url: gito_runtime::mqtt::MqttUrl = broker_url.parse().expect("url");
         let mut options = url.options(&format!("collector-{}", Uuid::new_v4().simple()));
         options.set_clean_session(false);
         options.set_max_packet_size(1 << 24, 1 << 24);
@@ -318,7 +318,7 @@ pub struct Device {
 
 impl Device {
     pub async fn connect(broker_url: &str) -> Device {
-        let url: gito_bridge::config::MqttUrl = broker_url.parse().expect("url");
+        let url: gito_runtime::mqtt::MqttUrl = broker_url.parse().expect("url");
         let mut options: MqttOptions = url.options(&format!("device-{}", Uuid::new_v4().simple()));
         options.set_max_packet_size(1 << 24, 1 << 24);
         options.set_inflight(100);

@@ -44,7 +44,7 @@ async fn a_mapping_file_with_named_segments_decides_device_type_and_name() {
             Duration::from_secs(15),
         )
         .await;
-    gito_api::testing::wait_for(Duration::from_secs(15), "legacy message", || async {
+    gito_testkit::wait_for(Duration::from_secs(15), "legacy message", || async {
         collector.count() >= 2
     })
     .await;

@@ -1,4 +1,4 @@
-//! The on-disk spool: where messages wait, in arrival order, while they cannot be republished
+//! The segment log under the spool: where messages wait, in arrival order, while they cannot be republished
 //! (the API is down for a new device, or the local broker is). Appending fsyncs before the caller
 //! acknowledges the external broker, so an acknowledged message survives a crash.
 //!
@@ -11,35 +11,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
-
-use crate::envelope::Envelope;
-use crate::mapping::Mapped;
+use super::record::Record;
 
 const HEADER: usize = 8;
-
-/// What the spool keeps of a message: enough to find or create its device and republish it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub external_id: String,
-    pub name: String,
-    pub device_type: Option<String>,
-    /// Known when the message was spooled because the local broker was down.
-    pub device_id: Option<Uuid>,
-    pub envelope: Envelope,
-}
-
-impl Record {
-    pub fn mapped(&self) -> Mapped {
-        Mapped {
-            external_id: self.external_id.clone(),
-            name: self.name.clone(),
-            device_type: self.device_type.clone(),
-            metric: String::new(),
-        }
-    }
-}
 
 /// Where a read ended; pass it to `commit` once those records are safely republished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -326,8 +300,9 @@ mod tests {
 
     use time::OffsetDateTime;
 
+    use gito_wire::{Envelope, MetricValue};
+
     use super::*;
-    use crate::payload::MetricValue;
 
     fn record(i: u64) -> Record {
         Record {

@@ -1,0 +1,6 @@
+//! What the HTTP API and the processor share: the rules of fields, telemetry schemas and alert
+//! rules. Both layers import from here and never from each other.
+
+pub mod alerts;
+pub mod fields;
+pub mod telemetry_schema;

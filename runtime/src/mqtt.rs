@@ -1,0 +1,156 @@
+//! MQTT client plumbing both binaries share: options from a typed URL, and the task that sends
+//! manual acknowledgements in order.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, MqttOptions, Publish, QoS, Transport};
+use secrecy::{ExposeSecret as _, SecretString};
+use tokio::sync::mpsc;
+use url::Url;
+
+/// The largest packet MQTT allows. Clients accept anything the protocol does, so that no message
+/// can break a connection (and come back forever after the reconnect); sizes are limited, and
+/// counted, where messages are read.
+pub const MAX_PACKET_SIZE: usize = 268_435_455;
+
+/// Seconds between keep-alive pings.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `mqtt://user:password@host:port?client_id=id` (`mqtts://` for TLS). `Debug` never shows the
+/// password.
+#[derive(Debug, Clone)]
+pub struct MqttUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub client_id: Option<String>,
+}
+
+impl FromStr for MqttUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let url = Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => return Err(format!("scheme must be mqtt or mqtts, not {other}")),
+        };
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("the URL has no host")?;
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+        };
+        Ok(MqttUrl {
+            tls,
+            host: host.to_owned(),
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            username: Some(url.username())
+                .filter(|u| !u.is_empty())
+                .and_then(decode),
+            password: url.password().and_then(decode).map(SecretString::from),
+            client_id: url
+                .query_pairs()
+                .find(|(k, _)| k == "client_id")
+                .map(|(_, v)| v.into_owned()),
+        })
+    }
+}
+
+impl MqttUrl {
+    /// rumqttc options; `default_client_id` is used unless the URL names one.
+    pub fn options(&self, default_client_id: &str) -> MqttOptions {
+        let client_id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| default_client_id.to_owned());
+        let mut options = MqttOptions::new(client_id, &self.host, self.port);
+        if let Some(user) = &self.username {
+            let password = self
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned())
+                .unwrap_or_default();
+            options.set_credentials(user, password);
+        }
+        if self.tls {
+            options.set_transport(Transport::tls_with_default_config());
+        }
+        options.set_keep_alive(KEEP_ALIVE);
+        options.set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
+        options
+    }
+}
+
+/// What acknowledging a received message needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pkid: u16,
+    qos: QoS,
+}
+
+impl Ack {
+    pub fn of(publish: &Publish) -> Ack {
+        Ack {
+            pkid: publish.pkid,
+            qos: publish.qos,
+        }
+    }
+}
+
+/// Sends acks in the order they were queued, waiting for room in the client's channel rather
+/// than dropping one. Ends when every sender is gone, or when the event loop is (the broker then
+/// redelivers what was not acknowledged).
+pub async fn acker(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<Ack>) {
+    while let Some(ack) = acks.recv().await {
+        let mut publish = Publish::new("", ack.qos, Vec::new());
+        publish.pkid = ack.pkid;
+        if client.ack(&publish).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_urls_parse_and_never_print_their_password() {
+        let url: MqttUrl = "mqtts://bridge:s%40cret@broker.example:9999?client_id=plant-7"
+            .parse()
+            .expect("valid");
+        assert!(url.tls);
+        assert_eq!((url.host.as_str(), url.port), ("broker.example", 9999));
+        assert_eq!(url.username.as_deref(), Some("bridge"));
+        assert_eq!(
+            url.password.as_ref().map(|p| p.expose_secret()),
+            Some("s@cret")
+        );
+        assert_eq!(url.client_id.as_deref(), Some("plant-7"));
+        let shown = format!("{url:?}");
+        assert!(
+            !shown.contains("s@cret") && !shown.contains("s%40cret"),
+            "{shown}"
+        );
+        let plain: MqttUrl = "mqtt://localhost".parse().expect("valid");
+        assert_eq!((plain.port, plain.tls, plain.username), (1883, false, None));
+        assert!("http://x".parse::<MqttUrl>().is_err());
+    }
+
+    #[test]
+    fn a_client_id_in_the_url_wins() {
+        let named: MqttUrl = "mqtt://h?client_id=stable".parse().expect("valid");
+        assert_eq!(named.options("fallback").client_id(), "stable");
+        let plain: MqttUrl = "mqtt://h".parse().expect("valid");
+        assert_eq!(plain.options("fallback").client_id(), "fallback");
+        assert_eq!(plain.options("x").keep_alive(), KEEP_ALIVE);
+    }
+}
