@@ -15,7 +15,7 @@ use crate::startup::Server;
 /// one line an operator can act on (the context chain, outermost first) and exit with 1.
 pub async fn run() -> ExitCode {
     let cli = Cli::parse_args();
-    gito_runtime::logging::init(cli.log_format, "info,sqlx=warn");
+    gito_runtime::logging::init(cli.log.log_format, "info,sqlx=warn");
     match dispatch(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

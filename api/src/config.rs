@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
-use gito_runtime::logging::LogFormat;
+use gito_runtime::logging::LogArgs;
 use gito_runtime::mqtt::MqttUrl;
 use gito_runtime::{ExposeSecret as _, SecretString};
 
@@ -22,15 +22,8 @@ use crate::migrate::MigrateArgs;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log format on stderr.
-    #[arg(
-        long,
-        env = "GITO_LOG_FORMAT",
-        global = true,
-        value_enum,
-        default_value = "pretty"
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Cli {

@@ -13,7 +13,7 @@ use crate::mapping::{Mapping, Unmapped};
 /// one line (the context chain, outermost first) and exit with 1.
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
-    gito_runtime::logging::init(cli.log_format, "info,rumqttc=warn");
+    gito_runtime::logging::init(cli.log.log_format, "info,rumqttc=warn");
     let result = match cli.command {
         Some(Command::CheckMapping { mapping, topics }) => {
             check_mapping(mapping.as_deref(), &topics)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use gito_runtime::SecretString;
-use gito_runtime::logging::LogFormat;
+use gito_runtime::logging::LogArgs;
 use gito_runtime::mqtt::MqttUrl;
 use url::Url;
 use uuid::Uuid;
@@ -24,15 +24,8 @@ pub struct Cli {
     /// `run`'s options, so that plain `gito-bridge` runs the bridge.
     #[command(flatten)]
     pub run: Option<BridgeConfig>,
-    /// Log format on stderr.
-    #[arg(
-        long,
-        env = "GITO_LOG_FORMAT",
-        global = true,
-        value_enum,
-        default_value = "pretty"
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Debug, Subcommand)]

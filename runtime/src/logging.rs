@@ -13,6 +13,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// The log format flag every gito binary takes, `--log-format` / `GITO_LOG_FORMAT`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        env = "GITO_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+}
+
 /// `default_filter` applies when `RUST_LOG` is unset, e.g. `info,sqlx=warn`.
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter =

@@ -1,13 +1,20 @@
-//! MQTT client plumbing both binaries share: options from a typed URL, and the task that sends
-//! manual acknowledgements in order.
+//! MQTT client plumbing both binaries share: options from a typed URL, the loop that owns a
+//! subscriber's event loop, and the task that sends manual acknowledgements in order.
 
+use std::ops::ControlFlow;
 use std::str::FromStr;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, MqttOptions, Publish, QoS, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
+    SubscribeFilter, SubscribeReasonCode, Transport,
+};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use url::Url;
+
+use crate::Backoff;
 
 /// The largest packet MQTT allows. Clients accept anything the protocol does, so that no message
 /// can break a connection (and come back forever after the reconnect); sizes are limited, and
@@ -114,6 +121,92 @@ pub async fn acker(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<Ack>) 
         publish.pkid = ack.pkid;
         if client.ack(&publish).await.is_err() {
             return;
+        }
+    }
+}
+
+/// What a subscriber's connection went through, for the caller's logs, counters and verdict.
+#[derive(Debug)]
+pub enum Status<'a> {
+    /// Connected; with `session_present` the broker kept our subscriptions, else we subscribed.
+    Connected {
+        session_present: bool,
+    },
+    Subscribed,
+    /// The broker refused at least one of the filters (its ACL, usually).
+    SubscriptionRefused,
+    /// A message, about to be handed over.
+    Received,
+    /// The connection failed; it is retried with backoff unless the caller breaks.
+    Lost(&'a ConnectionError),
+}
+
+/// Owns a subscriber's event loop and only polls it: subscribes to `filters` at QoS 1 on every
+/// connection without a kept session and hands each message to `tx`. Cancelling `intake` stops
+/// the handing over (messages stay unacknowledged at the broker) while acks still flow. Returns
+/// once the disconnect went out, or with the error `observe` breaks with.
+pub async fn receive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filters: Vec<String>,
+    tx: mpsc::Sender<Publish>,
+    intake: CancellationToken,
+    mut observe: impl FnMut(Status<'_>) -> ControlFlow<anyhow::Error>,
+) -> anyhow::Result<()> {
+    let mut tx = Some(tx);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        let event = tokio::select! {
+            () = intake.cancelled(), if tx.is_some() => {
+                tx = None;
+                continue;
+            }
+            event = eventloop.poll() => event,
+        };
+        let status = match &event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff.reset();
+                if !ack.session_present {
+                    let subscriptions = filters
+                        .iter()
+                        .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(subscriptions) {
+                        tracing::error!(?filters, error = %e, "cannot subscribe");
+                    }
+                }
+                Status::Connected {
+                    session_present: ack.session_present,
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure));
+                if refused {
+                    Status::SubscriptionRefused
+                } else {
+                    Status::Subscribed
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(_))) => Status::Received,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) => Status::Lost(e),
+        };
+        if let ControlFlow::Break(e) = observe(status) {
+            return Err(e);
+        }
+        match event {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if let Some(sender) = &tx {
+                    // Fails only when the receiver is gone (shutting down): the message stays
+                    // unacknowledged and is redelivered.
+                    let _ = sender.send(publish).await;
+                }
+            }
+            Err(_) => tokio::time::sleep(backoff.next_delay()).await,
+            Ok(_) => {}
         }
     }
 }

@@ -48,13 +48,11 @@ pub async fn run(
     let (client, eventloop) = AsyncClient::new(options, 10_000);
     let (tx, mut messages) = mpsc::channel(config.batch_size * 2);
     let intake = CancellationToken::new();
-    let stop_loop = CancellationToken::new();
-    let mut poller = tokio::spawn(intake::poll(
+    let mut poller = tokio::spawn(intake::receive(
         eventloop,
         client.clone(),
         tx,
         intake.clone(),
-        stop_loop.clone(),
     ));
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(mqtt::acker(client.clone(), acks_rx));
@@ -112,7 +110,7 @@ pub async fn run(
     let polled = match tokio::time::timeout(Duration::from_secs(2), &mut poller).await {
         Ok(joined) => joined.unwrap_or_else(|e| Err(anyhow!("the MQTT poller panicked: {e}"))),
         Err(_) => {
-            stop_loop.cancel();
+            poller.abort();
             Ok(())
         }
     };
