@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use gito_runtime::Backoff;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +94,7 @@ pub async fn listen(
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let connected = async {
             let mut listener = PgListener::connect_with(&pool).await?;
@@ -108,14 +109,13 @@ pub async fn listen(
                     tracing::warn!(error = %e, "token cache: cannot listen for revocations; tokens are looked up on every request");
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             },
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         cache.reset(true);
         loop {
             tokio::select! {

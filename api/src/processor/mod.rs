@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use gito_runtime::Backoff;
 use gito_runtime::mqtt::{self, Ack};
 use gito_wire::topic::PROCESSOR_SUBSCRIPTION;
 use gito_wire::{AlertsTopic, LiveEvent};
@@ -72,7 +73,7 @@ pub async fn run(
             first = messages.recv() => match first { Some(m) => m, None => break },
         };
         let batch = collect(first, &mut messages, &config).await;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         // Retried until it commits: the messages stay unacknowledged meanwhile, so a database
         // restart loses nothing. Shutdown leaves the batch to the broker's redelivery.
         let events = loop {
@@ -83,7 +84,7 @@ pub async fn run(
                     tracing::warn!(error = %e, messages = batch.len(), "writing a batch failed; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => break None,
-                        () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
             }
