@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use gito_testkit::{Broker, TestDb};
+use gito_testkit::{Broker, TestDb, publish_all};
 
-use crate::mqtt::{Counter, publish_all};
+use crate::mqtt::Counter;
 use crate::procs::Stats;
 use crate::stack;
 
@@ -53,7 +53,11 @@ async fn timed(
     devices: u64,
 ) -> anyhow::Result<(f64, u64)> {
     let started = Instant::now();
-    publish_all(external, messages(n, devices)).await?;
+    publish_all(
+        &format!("mqtt://127.0.0.1:{external}"),
+        messages(n, devices),
+    )
+    .await;
     let arrived = counter.wait_for(base + n, Duration::from_secs(120)).await - base;
     Ok((arrived as f64 / started.elapsed().as_secs_f64(), arrived))
 }
@@ -73,7 +77,7 @@ async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<f64> {
             warm.elapsed() < Duration::from_secs(20),
             "mosquitto bridge never connected"
         );
-        publish_all(external.port, messages(devices, devices)).await?;
+        publish_all(&external.url(), messages(devices, devices)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let base = counter.wait_for(u64::MAX, Duration::from_millis(500)).await;
@@ -96,7 +100,7 @@ async fn gito_bridge(n: u64, devices: u64) -> anyhow::Result<(f64, u64, Stats)> 
     let counter =
         Counter::subscribe(local.port, &format!("{}/devices/+/telemetry", tenant.id)).await?;
     // Warm-up: every device is created once, outside the timed run.
-    publish_all(external.port, messages(devices, devices)).await?;
+    publish_all(&external.url(), messages(devices, devices)).await;
     let warmed = counter.wait_for(devices, Duration::from_secs(120)).await;
     anyhow::ensure!(warmed == devices, "warm-up delivered {warmed} of {devices}");
     let before = bridge.stats();

@@ -1,5 +1,5 @@
-//! MQTT clients for the benchmarks: a QoS 1 publisher that keeps many messages in flight, and a
-//! QoS 1 subscriber that counts (and timestamps) what arrives.
+//! A QoS 1 subscriber for the benchmarks that counts (and timestamps) what arrives; publishing is
+//! gito-testkit's `publish_all`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,35 +17,6 @@ fn options(port: u16, id: &str) -> MqttOptions {
     options.set_inflight(1000);
     options.set_keep_alive(Duration::from_secs(30));
     options
-}
-
-/// Publishes `messages` at QoS 1 as fast as the broker takes them; returns when all are acked.
-pub async fn publish_all(port: u16, messages: Vec<(String, Vec<u8>)>) -> anyhow::Result<Duration> {
-    let (client, mut eventloop) = AsyncClient::new(options(port, "bench-pub"), 10_000);
-    let total = messages.len() as u64;
-    let acked = Arc::new(AtomicU64::new(0));
-    let counter = acked.clone();
-    let driver = tokio::spawn(async move {
-        while counter.load(Ordering::Relaxed) < total {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(_) => {}
-                Err(e) => return Err(anyhow::anyhow!("publisher connection: {e}")),
-            }
-        }
-        Ok(())
-    });
-    let started = Instant::now();
-    for (topic, payload) in messages {
-        client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await?;
-    }
-    driver.await??;
-    let _ = client.disconnect().await;
-    Ok(started.elapsed())
 }
 
 /// Counts QoS 1 messages on a filter.

@@ -11,8 +11,8 @@ use uuid::Uuid;
 pub async fn publish_all(broker_url: &str, messages: Vec<(String, Vec<u8>)>) {
     let url: MqttUrl = broker_url.parse().expect("broker URL");
     let mut options = url.options(&format!("test-publisher-{}", Uuid::new_v4().simple()));
-    options.set_inflight(500);
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    options.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
     let total = messages.len();
     let driver = tokio::spawn(async move {
         let mut acked = 0;
