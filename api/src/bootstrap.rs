@@ -7,6 +7,7 @@ use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::auth::NewToken;
+use crate::db_error::DbError;
 use crate::domain::fields::{self, MAX_NAME_CHARS};
 
 /// The rules the API applies to names, so that the command line cannot store one it would refuse.
@@ -19,6 +20,7 @@ pub async fn ensure_tenant(database_url: &str, id: Uuid, name: &str) -> anyhow::
     let name = valid_name("the tenant name", name)?;
     let mut conn = PgConnection::connect(database_url)
         .await
+        .map_err(DbError)
         .context("connecting to the database")?;
     let created = sqlx::query!(
         "INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
@@ -27,6 +29,7 @@ pub async fn ensure_tenant(database_url: &str, id: Uuid, name: &str) -> anyhow::
     )
     .execute(&mut conn)
     .await
+    .map_err(DbError)
     .context("creating the tenant (is the schema migrated?)")?
     .rows_affected()
         == 1;
@@ -49,6 +52,7 @@ pub async fn ensure_token(
     let name = valid_name("the token name", name)?;
     let mut conn = PgConnection::connect(database_url)
         .await
+        .map_err(DbError)
         .context("connecting to the database")?;
     let created = sqlx::query!(
         "INSERT INTO api_tokens (id, tenant_id, name, key_id, secret_sha256)
@@ -61,6 +65,7 @@ pub async fn ensure_token(
     )
     .execute(&mut conn)
     .await
+    .map_err(DbError)
     .context("registering the token (does the tenant exist? is the schema migrated?)")?
     .rows_affected()
         == 1;
@@ -71,6 +76,7 @@ pub async fn ensure_token(
         )
         .fetch_one(&mut conn)
         .await
+        .map_err(DbError)
         .context("reading the registered token")?;
         anyhow::ensure!(
             stored.tenant_id == tenant_id && stored.secret_sha256 == token.secret_sha256,

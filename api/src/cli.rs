@@ -3,26 +3,47 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use gito_runtime::shutdown;
 
 use crate::config::{
-    Cli, Command, DatabaseConfig, MqttConfig, ServeConfig, TenantCommand, TokenCommand,
+    Cli, Command, DatabaseConfig, DatabaseUrl, MqttConfig, ServeConfig, TenantCommand, TokenCommand,
 };
-use crate::migrate::{Catalog, commands};
+use crate::db_error::DbError;
+use crate::migrate::{Catalog, MigrateError, commands};
 use crate::startup::Server;
 
+/// The exit code of a failure that waiting may cure: the database is not reachable (yet).
+/// `entrypoint.sh` retries only on it; every other failure exits with 1.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
 /// Parses the process arguments, sets up logging, runs the subcommand. Errors are printed as
-/// one line an operator can act on (the context chain, outermost first) and exit with 1.
+/// one line an operator can act on (each cause once, outermost first).
 pub async fn run() -> ExitCode {
     let cli = Cli::parse_args();
     gito_runtime::logging::init(cli.log.log_format, "info,sqlx=warn");
     match dispatch(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gito-api: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("gito-api: {}", gito_runtime::report(&e));
+            if is_transient(&e) {
+                ExitCode::from(EXIT_UNREACHABLE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<DbError>()
+            .is_some_and(DbError::is_transient)
+            || cause
+                .downcast_ref::<MigrateError>()
+                .is_some_and(MigrateError::is_transient)
+    })
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -59,9 +80,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("token {name} for tenant {tenant_id} {outcome}");
             Ok(())
         }
-        Command::Migrate { database, args } => {
-            let out =
-                commands::run(&args.command, database.url.expose(), Catalog::embedded()).await?;
+        Command::Migrate { database_url, args } => {
+            let url = database_url.as_ref().map(DatabaseUrl::expose);
+            let out = commands::run(&args.command, url, Catalog::embedded()).await?;
             println!("{out}");
             Ok(())
         }
@@ -74,6 +95,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 async fn processor(database: DatabaseConfig, mqtt: MqttConfig) -> anyhow::Result<()> {
-    let pool = sqlx::PgPool::connect(database.url.expose()).await?;
+    let pool = sqlx::PgPool::connect(database.url.expose())
+        .await
+        .map_err(DbError)
+        .context("connecting to the database")?;
     crate::processor::run(mqtt.processor(), pool, shutdown::on_signal()).await
 }

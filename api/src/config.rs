@@ -47,8 +47,14 @@ fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Migrate the schema (unless GITO_MIGRATE_ON_BOOT=false), then serve HTTP (the default).
+    #[command(
+        after_help = "Example:\n  DATABASE_URL=postgres://gito:secret@localhost:5432/gito GITO_ADMIN_TOKEN=$(openssl rand -hex 32) gito-api serve"
+    )]
     Serve(ServeConfig),
     /// Run only the telemetry processor (for scaling it out apart from the API).
+    #[command(
+        after_help = "Example:\n  DATABASE_URL=postgres://gito:secret@localhost:5432/gito GITO_MQTT_URL=mqtt://gito-api:secret@localhost:1883 gito-api processor"
+    )]
     Processor {
         #[command(flatten)]
         database: DatabaseConfig,
@@ -56,6 +62,9 @@ pub enum Command {
         mqtt: MqttConfig,
     },
     /// Create a tenant with a given id unless it exists (bootstrap for deployments).
+    #[command(
+        after_help = "Example:\n  gito-api tenant ensure --id 01939d2a-0000-7000-8000-000000000001 --name plant"
+    )]
     Tenant {
         #[command(flatten)]
         database: DatabaseConfig,
@@ -63,14 +72,24 @@ pub enum Command {
         command: TenantCommand,
     },
     /// Tenant API tokens from the command line (bootstrap for deployments).
+    #[command(after_help = "Example:\n  gito-api token generate")]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
     /// Inspect and move the schema version.
+    #[command(
+        after_help = "Example:\n  DATABASE_URL=postgres://gito:secret@localhost:5432/gito gito-api migrate current"
+    )]
     Migrate {
-        #[command(flatten)]
-        database: DatabaseConfig,
+        /// PostgreSQL URL, e.g. postgres://gito:secret@localhost:5432/gito (every command but `new`).
+        #[arg(
+            long = "database-url",
+            env = "DATABASE_URL",
+            hide_env_values = true,
+            global = true
+        )]
+        database_url: Option<DatabaseUrl>,
         #[command(flatten)]
         args: MigrateArgs,
     },
@@ -79,6 +98,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
     /// `gito-api tenant ensure --id UUID --name NAME`: idempotent; prints the tenant id.
+    #[command(
+        after_help = "Example:\n  gito-api tenant ensure --id 01939d2a-0000-7000-8000-000000000001 --name plant"
+    )]
     Ensure {
         #[arg(long, env = "GITO_TENANT_ID")]
         id: uuid::Uuid,
@@ -90,9 +112,13 @@ pub enum TenantCommand {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Print a new random tenant token (`gito_<key>_<secret>`); stores nothing.
+    #[command(after_help = "Example:\n  gito-api token generate")]
     Generate,
     /// Register the token in GITO_BRIDGE_API_TOKEN for a tenant unless it is registered;
     /// refuses if that token belongs to another tenant.
+    #[command(
+        after_help = "Example:\n  GITO_BRIDGE_API_TOKEN=$(gito-api token generate) gito-api token ensure --tenant-id 01939d2a-0000-7000-8000-000000000001"
+    )]
     Ensure {
         #[command(flatten)]
         database: DatabaseConfig,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod db_error;
 pub mod domain;
 pub mod http;
 pub mod migrate;

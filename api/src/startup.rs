@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::ServeConfig;
+use crate::db_error::DbError;
 use crate::http::{self, AppState, Limits, Live, TokenCache, token_cache};
 use crate::migrate::{self, Catalog};
 use crate::processor::{self, ProcessorConfig};
@@ -42,6 +43,7 @@ impl Server {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await
+            .map_err(DbError)
             .context("connecting to the database")?;
         let processor = config.processor.then(|| config.mqtt.processor());
         let live = config.live.then(|| {

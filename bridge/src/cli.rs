@@ -41,7 +41,7 @@ pub async fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gito-bridge: {e:#}");
+            eprintln!("gito-bridge: {}", gito_runtime::report(&e));
             ExitCode::FAILURE
         }
     }

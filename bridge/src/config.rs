@@ -31,10 +31,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the bridge (the default).
+    #[command(
+        after_help = "Example:\n  GITO_EXTERNAL_MQTT_URL=mqtt://plant-broker:1883 GITO_TENANT_ID=01939d2a-0000-7000-8000-000000000001 GITO_API_TOKEN=gito_... gito-bridge run"
+    )]
     Run(Box<BridgeConfig>),
-
-    /// Print what each topic maps to with the mapping file (or the default mapping).
     /// Publish simulated plant telemetry to a broker (for demos, tests and benchmarks).
+    #[command(
+        after_help = "Example:\n  gito-bridge simulate --broker mqtt://127.0.0.1:11884 --devices 30 --rate 20"
+    )]
     Simulate {
         /// The broker to publish to, e.g. mqtt://127.0.0.1:1884
         #[arg(long, env = "GITO_SIMULATOR_BROKER", hide_env_values = true)]
@@ -48,6 +52,10 @@ pub enum Command {
         #[arg(long, env = "GITO_SIMULATOR_DURATION")]
         duration: Option<u64>,
     },
+    /// Print what each topic maps to with the mapping file (or the default mapping).
+    #[command(
+        after_help = "Example:\n  gito-bridge check-mapping --mapping mapping.toml SDE11/JAX/UTILITIES/BOILER/OPT_G/CHIMNEY_TEMP"
+    )]
     CheckMapping {
         #[arg(long, env = "GITO_BRIDGE_MAPPING")]
         mapping: Option<PathBuf>,

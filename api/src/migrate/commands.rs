@@ -18,15 +18,19 @@ pub struct MigrateArgs {
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
     /// Print the version the database is at, e.g. `005_nullable_device_hierarchy (head)`.
+    #[command(after_help = "Example:\n  gito-api migrate current")]
     Current,
     /// List every migration, newest first, applied (with its date) or pending.
+    #[command(after_help = "Example:\n  gito-api migrate history")]
     History,
     /// Apply pending migrations (all, or up to and including --to).
+    #[command(after_help = "Example:\n  gito-api migrate up --to 005")]
     Up {
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
     },
     /// Revert migrations: one step by default.
+    #[command(after_help = "Example:\n  gito-api migrate down --steps 1")]
     Down {
         #[arg(long, conflicts_with = "to", value_name = "N")]
         steps: Option<usize>,
@@ -35,8 +39,12 @@ pub enum MigrateCommand {
         to: Option<String>,
     },
     /// Record the database as being at VERSION without running any SQL.
+    #[command(after_help = "Example:\n  gito-api migrate stamp 006")]
     Stamp { version: String },
     /// Write the next NNN_NAME.up.sql / .down.sql pair into --dir.
+    #[command(
+        after_help = "Example:\n  gito-api migrate new add_device_serial   (no database needed)"
+    )]
     New {
         name: String,
         #[arg(long, env = "GITO_MIGRATIONS_DIR", default_value = "migrations")]
@@ -47,9 +55,14 @@ pub enum MigrateCommand {
 /// Runs one command; `Ok` holds what to print on stdout.
 pub async fn run(
     command: &MigrateCommand,
-    database_url: &str,
+    database_url: Option<&str>,
     catalog: &Catalog,
 ) -> Result<String, MigrateError> {
+    // `new` only writes files: it needs no database.
+    if let MigrateCommand::New { name, dir } = command {
+        return create(dir, name).await;
+    }
+    let database_url = database_url.ok_or(MigrateError::NoDatabase)?;
     match command {
         MigrateCommand::Current => Ok(current_line(&status(database_url, catalog).await?, catalog)),
         MigrateCommand::History => Ok(history(&status(database_url, catalog).await?, catalog)),
@@ -86,15 +99,17 @@ pub async fn run(
             );
             Ok(format!("stamped {at}"))
         }
-        MigrateCommand::New { name, dir } => {
-            let (up, down) = new_migration(dir, name).await?;
-            Ok(format!(
-                "created {}\ncreated {}\nrebuild gito-api to embed it",
-                up.display(),
-                down.display()
-            ))
-        }
+        MigrateCommand::New { name, dir } => create(dir, name).await,
     }
+}
+
+async fn create(dir: &Path, name: &str) -> Result<String, MigrateError> {
+    let (up, down) = new_migration(dir, name).await?;
+    Ok(format!(
+        "created {}\ncreated {}\nrebuild gito-api to embed it",
+        up.display(),
+        down.display()
+    ))
 }
 
 /// `005_nullable_device_hierarchy (head)`, `003_device_types (2 pending)`, `base (5 pending)`.

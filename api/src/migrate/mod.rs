@@ -4,7 +4,6 @@
 //! stamping, stepping down, and the "Running upgrade" log lines they grep for.
 
 mod catalog;
-
 mod runner;
 
 pub use catalog::{Catalog, Migration};
@@ -51,8 +50,25 @@ pub enum MigrateError {
     Source(String),
     #[error("invalid migration name {0:?}: use lower-case letters, digits and underscores")]
     InvalidName(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    #[error(
+        "no database given: set DATABASE_URL or pass --database-url, e.g. postgres://gito:secret@localhost:5432/gito"
+    )]
+    NoDatabase,
+    #[error(transparent)]
+    Database(#[from] crate::db_error::DbError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<sqlx::Error> for MigrateError {
+    fn from(e: sqlx::Error) -> Self {
+        MigrateError::Database(e.into())
+    }
+}
+
+impl MigrateError {
+    /// Whether waiting may help (the database is not reachable yet); see `DbError`.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, MigrateError::Database(e) if e.is_transient())
+    }
 }

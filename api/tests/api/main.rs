@@ -2,6 +2,7 @@
 
 mod auth;
 mod boot;
+mod cli;
 mod devices;
 mod errors;
 mod helpers;
