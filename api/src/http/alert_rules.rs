@@ -47,10 +47,14 @@ struct NewRule {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RulePatch {
-    #[schema(value_type = Option<Name>)]
+    #[serde(default, deserialize_with = "fields::not_null")]
+    #[schema(value_type = Option<Name>, nullable = false)]
     name: Option<String>,
-    #[schema(pattern = "^(>|>=|<|<=|==|!=)$")]
+    #[serde(default, deserialize_with = "fields::not_null")]
+    #[schema(pattern = "^(>|>=|<|<=|==|!=)$", nullable = false)]
     operator: Option<String>,
+    #[serde(default, deserialize_with = "fields::not_null")]
+    #[schema(nullable = false)]
     threshold: Option<f64>,
 }
 

@@ -50,7 +50,8 @@ struct NewDeviceGroup {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeviceGroupPatch {
-    #[schema(value_type = Option<Name>)]
+    #[serde(default, deserialize_with = "fields::not_null")]
+    #[schema(value_type = Option<Name>, nullable = false)]
     name: Option<String>,
     #[serde(default, deserialize_with = "fields::patch")]
     site_id: Option<Option<Uuid>>,

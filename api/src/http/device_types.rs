@@ -57,7 +57,8 @@ struct NewDeviceType {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeviceTypePatch {
-    #[schema(value_type = Option<Name>)]
+    #[serde(default, deserialize_with = "fields::not_null")]
+    #[schema(value_type = Option<Name>, nullable = false)]
     name: Option<String>,
     #[serde(default, deserialize_with = "fields::patch")]
     #[schema(value_type = Option<Description>)]

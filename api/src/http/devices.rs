@@ -67,9 +67,11 @@ struct NewDevice {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DevicePatch {
-    #[schema(value_type = Option<Name>)]
+    #[serde(default, deserialize_with = "fields::not_null")]
+    #[schema(value_type = Option<Name>, nullable = false)]
     name: Option<String>,
-    #[schema(pattern = "^(active|inactive|maintenance)$")]
+    #[serde(default, deserialize_with = "fields::not_null")]
+    #[schema(pattern = "^(active|inactive|maintenance)$", nullable = false)]
     status: Option<String>,
     #[serde(default, deserialize_with = "fields::patch")]
     #[schema(value_type = Option<Name>)]

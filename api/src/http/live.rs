@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::openapi::TenantPath;
-use super::{AppState, tenants};
+use super::{AppState, telemetry, tenants};
 
 /// Events a client may fall behind by before it is disconnected.
 const BACKLOG: usize = 4096;
@@ -100,10 +100,15 @@ fn to_event(topic: &str, payload: &[u8]) -> Option<LiveEvent> {
     }
     let topic: TelemetryTopic = topic.parse().ok()?;
     let envelope = Envelope::from_json(payload).ok()?;
+    // To the microsecond, as stored and as the REST API answers.
+    let ts = envelope
+        .ts
+        .replace_nanosecond(envelope.ts.nanosecond() / 1_000 * 1_000)
+        .ok()?;
     Some(LiveEvent::Telemetry(TelemetryEvent {
         tenant_id: topic.tenant_id,
         device_id: topic.device_id,
-        ts: envelope.ts,
+        ts,
         metrics: envelope.metrics,
     }))
 }
@@ -140,6 +145,10 @@ async fn connect(
         .clone()
         .ok_or_else(|| ApiError::Unavailable("live updates are disabled (GITO_LIVE=off)".into()))?;
     tenants::ensure_exists(&state.pool, tenant_id).await?;
+    // A filter on a device that is not there would stay silent forever: say so instead.
+    if let Some(device_id) = filter.device_id {
+        telemetry::ensure_device(&state, tenant_id, device_id).await?;
+    }
     let events = live.events.subscribe();
     Ok(upgrade.on_upgrade(move |socket| stream(socket, events, tenant_id, filter.device_id)))
 }

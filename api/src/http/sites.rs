@@ -50,7 +50,8 @@ struct NewSite {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SitePatch {
-    #[schema(value_type = Option<Name>)]
+    #[serde(default, deserialize_with = "fields::not_null")]
+    #[schema(value_type = Option<Name>, nullable = false)]
     name: Option<String>,
     #[serde(default, deserialize_with = "fields::patch")]
     organization_id: Option<Option<Uuid>>,

@@ -106,11 +106,36 @@ impl ToSchema for Series {
 fn time_param(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
     value
         .map(|v| {
-            OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
-                ApiError::bad_request("invalid_query", format!("{name} must be an RFC 3339 time"))
-            })
+            OffsetDateTime::parse(v, &Rfc3339)
+                .or_else(|e| match unescaped_plus(v) {
+                    Some(fixed) => OffsetDateTime::parse(&fixed, &Rfc3339),
+                    None => Err(e),
+                })
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!(
+                            "{name} must be an RFC 3339 time such as 2026-12-02T15:25:00Z or 2026-12-02T15:25:00%2B01:00 (a \"+\" in a URL must be written %2B)"
+                        ),
+                    )
+                })
         })
         .transpose()
+}
+
+/// `2026-12-02T15:25:00 01:00` is `...+01:00` whose `+` a URL turned into a space: a space can
+/// stand nowhere else in an RFC 3339 time after its `T`, so reading it back is unambiguous.
+fn unescaped_plus(value: &str) -> Option<String> {
+    let split = value.len().checked_sub(6)?;
+    let (time, offset) = value.split_at_checked(split)?;
+    let digits = offset.strip_prefix(' ')?;
+    let is_offset = digits.len() == 5
+        && digits.as_bytes()[2] == b':'
+        && digits
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| i == 2 || b.is_ascii_digit());
+    (is_offset && time.contains('T') && !time.contains(' ')).then(|| format!("{time}+{digits}"))
 }
 
 /// `90s`, `5m`, `1h`, `1d` in seconds.
@@ -135,7 +160,12 @@ fn bucket_secs(text: &str) -> Result<f64, ApiError> {
     Ok((u64::from(n) * unit_secs) as f64)
 }
 
-async fn ensure_device(state: &AppState, tenant_id: Uuid, device_id: Uuid) -> Result<(), ApiError> {
+/// 404 unless the device exists and is the tenant's.
+pub(super) async fn ensure_device(
+    state: &AppState,
+    tenant_id: Uuid,
+    device_id: Uuid,
+) -> Result<(), ApiError> {
     let exists = sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM devices WHERE tenant_id = $1 AND id = $2) AS "exists!""#,
         tenant_id,

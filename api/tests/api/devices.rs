@@ -371,3 +371,61 @@ async fn invalid_device_fields_are_422() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_null_for_a_field_that_cannot_be_cleared_is_422_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("t").await;
+    let (_, device) = app
+        .post(
+            &format!("/tenants/{tenant}/devices"),
+            json!({ "name": "Boiler", "external_id": "SDE11/B" }),
+        )
+        .await;
+    let path = format!("/tenants/{tenant}/devices/{}", id_of(&device));
+    for body in [json!({ "name": null }), json!({ "status": null })] {
+        let (status, error) = app.patch(&path, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("null is not allowed here: leave the field out to keep its value"),
+            "{message}"
+        );
+    }
+    let (_, now) = app.get(&path).await;
+    assert_eq!(
+        (now["name"].clone(), now["status"].clone()),
+        (json!("Boiler"), json!("active"))
+    );
+    // Fields that can be cleared still take null.
+    let (status, cleared) = app.patch(&path, json!({ "device_type": null })).await;
+    assert_eq!(status, StatusCode::OK, "{cleared}");
+}
+
+#[tokio::test]
+async fn a_plus_that_a_url_turned_into_a_space_is_read_back_and_a_bad_time_says_how_to_write_one() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("t").await;
+    let (_, device) = app
+        .post(
+            &format!("/tenants/{tenant}/devices"),
+            json!({ "name": "Boiler", "external_id": "SDE11/B" }),
+        )
+        .await;
+    let base = format!("/tenants/{tenant}/devices/{}/telemetry", id_of(&device));
+    // Written as a user would type it: the `+` arrives as a space.
+    for query in [
+        "from=2026-12-02T15:25:00+00:00",
+        "from=2026-12-02T15:25:00%2B01:00",
+        "from=2026-12-02T15:25:00Z",
+    ] {
+        let (status, body) = app.get(&format!("{base}?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    }
+    let (status, body) = app.get(&format!("{base}?from=2026-12-02+15:25:00")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "from must be an RFC 3339 time such as 2026-12-02T15:25:00Z or 2026-12-02T15:25:00%2B01:00 (a \"+\" in a URL must be written %2B)"
+    );
+}

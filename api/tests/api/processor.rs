@@ -629,3 +629,58 @@ async fn two_processors_on_the_shared_subscription_store_every_message_exactly_o
         assert!(messages > 0, "each processor took a share: {stopped}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_telemetry_carries_times_to_the_microsecond_and_a_filter_on_an_unknown_device_is_404()
+{
+    let stack = Stack::start().await;
+    let (tenant, device) = stack.tenant_and_device().await;
+    let token = gito_testkit::create_tenant_token(&stack.api.url(""), tenant).await;
+    let unknown = format!(
+        "ws://{}/tenants/{tenant}/ws?device_id={}&token={token}",
+        stack.api.addr,
+        Uuid::now_v7()
+    );
+    match tokio_tungstenite::connect_async(&unknown).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        }
+        other => panic!("expected 404, got {other:?}"),
+    }
+    let ws_url = format!(
+        "ws://{}/tenants/{tenant}/ws?device_id={device}&token={token}",
+        stack.api.addr
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("websocket");
+    let event = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            publish_all(
+                &stack.broker.url(),
+                vec![(
+                    topic(tenant, device),
+                    envelope("2026-11-24T09:00:00.123456789Z", json!({ "T": 10.0 })),
+                )],
+            )
+            .await;
+            if let Ok(Some(Ok(Message::Text(text)))) =
+                tokio::time::timeout(Duration::from_millis(300), ws.next()).await
+            {
+                return serde_json::from_str::<Value>(&text).expect("json");
+            }
+        }
+    })
+    .await
+    .expect("a live event within 15 s");
+    assert_eq!(event["type"], "telemetry");
+    assert_eq!(event["ts"], "2026-11-24T09:00:00.123456Z");
+    // The fan-out reads the broker, not the database: wait for the commit.
+    let latest = format!("/tenants/{tenant}/devices/{device}/latest");
+    wait_for(Duration::from_secs(15), "the row", || async {
+        stack.get(&latest).await.1["T"].is_object()
+    })
+    .await;
+    let (_, stored) = stack.get(&latest).await;
+    assert_eq!(stored["T"]["ts"], event["ts"], "REST and WebSocket agree");
+}
