@@ -30,6 +30,13 @@ impl Keyed for AlertRule {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "Chimney too hot",
+    "metric": "CHIMNEY_TEMP",
+    "operator": ">",
+    "threshold": 600.0,
+    "device_type": "SDE11"
+}))]
 struct NewRule {
     #[schema(value_type = Name)]
     name: String,
@@ -46,6 +53,7 @@ struct NewRule {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "operator": ">=", "threshold": 580.0 }))]
 struct RulePatch {
     #[serde(default, deserialize_with = "fields::not_null")]
     #[schema(value_type = Option<Name>, nullable = false)]
@@ -62,6 +70,14 @@ fn operator(op: &str) -> Result<String, ApiError> {
     Ok(alerts::operator(op)?.to_owned())
 }
 
+/// Create an alert rule
+///
+/// The processor opens an alert for a device when a numeric value of `metric` compared to
+/// `threshold` by `operator` (`>`, `>=`, `<`, `<=`, `==`, `!=`) becomes true, and resolves it when
+/// the comparison turns false. The rule watches every device of the tenant, or only one scope:
+/// `device_id`, `device_type_id` or `device_type` (the devices' free-text label); two scopes, an
+/// unknown operator, a threshold that is not finite or a reference that is not this tenant's are
+/// 422. Answers 201.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/alert-rules", tag = "alerts", params(TenantPath), request_body = NewRule,
     responses((status = 201, description = "Created", body = AlertRule)))]
 async fn create(
@@ -116,6 +132,10 @@ fn finite(threshold: f64) -> Result<f64, ApiError> {
     }
 }
 
+/// List alert rules
+///
+/// One page of the tenant's alert rules in creation order: pass `limit` (1–1000, default 100) and
+/// the previous page's `next_cursor` as `cursor` for the next page.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/alert-rules", tag = "alerts", params(TenantPath, PageParams),
     responses((status = 200, description = "One page, oldest first", body = Page<AlertRule>)))]
 async fn list(
@@ -138,6 +158,9 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+/// Read an alert rule
+///
+/// An alert rule of another tenant is 404, exactly as if it did not exist.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/alert-rules/{id}", tag = "alerts", params(ItemPath),
     responses((status = 200, description = "The alert rule", body = AlertRule)))]
 async fn read(
@@ -158,6 +181,11 @@ async fn read(
     .ok_or(ApiError::NotFound("alert rule"))
 }
 
+/// Update an alert rule
+///
+/// Changes `name`, `operator` or `threshold`; absent fields are kept and `null` is 422. The metric
+/// and the scope cannot change (any other field is 422): create another rule instead. Answers 200
+/// with the rule as stored.
 #[utoipa::path(patch, path = "/tenants/{tenant_id}/alert-rules/{id}", tag = "alerts", params(ItemPath), request_body = RulePatch,
     responses((status = 200, description = "The updated alert rule", body = AlertRule)))]
 async fn update(
@@ -187,6 +215,9 @@ async fn update(
     .ok_or(ApiError::NotFound("alert rule"))
 }
 
+/// Delete an alert rule
+///
+/// Answers 204; the alerts the rule raised are deleted with it.
 #[utoipa::path(delete, path = "/tenants/{tenant_id}/alert-rules/{id}", tag = "alerts", params(ItemPath),
     responses((status = 204, description = "Deleted")))]
 async fn remove(

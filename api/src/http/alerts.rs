@@ -37,6 +37,12 @@ struct AlertFilter {
     cursor: Option<String>,
 }
 
+/// List alerts
+///
+/// One page of the tenant's alerts in creation order, all or only those in `state` `open`,
+/// `acknowledged` or `resolved` (any other state is 400): pass `limit` (1–1000, default 100) and
+/// the previous page's `next_cursor` as `cursor` for the next page. Alerts are opened and resolved
+/// by the processor, as the tenant's alert rules say.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/alerts", tag = "alerts", params(TenantPath, AlertFilter),
     responses((status = 200, description = "One page, oldest first", body = Page<Alert>)))]
 async fn list(
@@ -69,7 +75,10 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
-/// An open alert becomes acknowledged; acknowledging twice is harmless, a resolved alert is 409.
+/// Acknowledge an alert
+///
+/// An open alert becomes `acknowledged`, with `acknowledged_at` set; acknowledging it again is
+/// harmless and answers 200 with the alert unchanged. A resolved alert is 409. Takes no body.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/alerts/{id}/ack", tag = "alerts", params(ItemPath),
     responses((status = 200, description = "The alert, acknowledged (again: unchanged)", body = Alert)))]
 async fn acknowledge(

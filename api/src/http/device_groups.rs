@@ -41,6 +41,10 @@ impl Keyed for DeviceGroup {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "Roof sensors",
+    "site_id": "0192f0c4-0000-7000-8000-000000000020"
+}))]
 struct NewDeviceGroup {
     #[schema(value_type = Name)]
     name: String,
@@ -49,6 +53,7 @@ struct NewDeviceGroup {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "name": "Roof sensors (east)", "site_id": null }))]
 struct DeviceGroupPatch {
     #[serde(default, deserialize_with = "fields::not_null")]
     #[schema(value_type = Option<Name>, nullable = false)]
@@ -57,6 +62,10 @@ struct DeviceGroupPatch {
     site_id: Option<Option<Uuid>>,
 }
 
+/// Create a device group
+///
+/// Answers 201 with the new device group. `site_id` is optional; when given it must name a site of
+/// this tenant, or the answer is 422 `invalid_reference`.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/device-groups", tag = "hierarchy", params(TenantPath), request_body = NewDeviceGroup,
     responses((status = 201, description = "Created", body = DeviceGroup)))]
 async fn create(
@@ -79,6 +88,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// List device groups
+///
+/// One page of the tenant's device groups in creation order: pass `limit` (1–1000, default 100) and
+/// the previous page's `next_cursor` as `cursor` for the next page.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/device-groups", tag = "hierarchy", params(TenantPath, PageParams),
     responses((status = 200, description = "One page, oldest first", body = Page<DeviceGroup>)))]
 async fn list(
@@ -100,6 +113,9 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+/// Read a device group
+///
+/// A device group of another tenant is 404, exactly as if it did not exist.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/device-groups/{id}", tag = "hierarchy", params(ItemPath),
     responses((status = 200, description = "The device group", body = DeviceGroup)))]
 async fn read(
@@ -119,6 +135,11 @@ async fn read(
     .ok_or(ApiError::NotFound("device group"))
 }
 
+/// Update a device group
+///
+/// Absent fields are kept; `"site_id": null` detaches the group from its site, while `"name": null`
+/// is 422. A `site_id` that is not this tenant's is 422 `invalid_reference`. Answers 200 with the
+/// device group as stored.
 #[utoipa::path(patch, path = "/tenants/{tenant_id}/device-groups/{id}", tag = "hierarchy", params(ItemPath), request_body = DeviceGroupPatch,
     responses((status = 200, description = "The updated device group", body = DeviceGroup)))]
 async fn update(
@@ -147,6 +168,9 @@ async fn update(
     .ok_or(ApiError::NotFound("device group"))
 }
 
+/// Delete a device group
+///
+/// Answers 204. While devices are still in the group the answer is 409: move or delete them first.
 #[utoipa::path(delete, path = "/tenants/{tenant_id}/device-groups/{id}", tag = "hierarchy", params(ItemPath),
     responses((status = 204, description = "Deleted")))]
 async fn remove(

@@ -46,6 +46,14 @@ impl Keyed for DeviceType {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "SDE11 boiler controller",
+    "description": "Wall-mounted boiler controller, one message every 30 s",
+    "telemetry_schema": {
+        "CHIMNEY_TEMP": { "unit": "°C", "min": -20, "max": 600 },
+        "burner_on": {}
+    }
+}))]
 struct NewDeviceType {
     #[schema(value_type = Name)]
     name: String,
@@ -56,6 +64,10 @@ struct NewDeviceType {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "description": null,
+    "telemetry_schema": { "CHIMNEY_TEMP": { "unit": "°C", "max": 650 } }
+}))]
 struct DeviceTypePatch {
     #[serde(default, deserialize_with = "fields::not_null")]
     #[schema(value_type = Option<Name>, nullable = false)]
@@ -67,6 +79,12 @@ struct DeviceTypePatch {
     telemetry_schema: Option<Option<TelemetrySchema>>,
 }
 
+/// Create a device type
+///
+/// Answers 201 with the new device type; its name is unique in the tenant (a duplicate is 409).
+/// `telemetry_schema` maps each metric name to its optional `unit`, `min` and `max` (`min` above
+/// `max` is 422); the processor flags values of devices of this type that it does not list or that
+/// fall outside min/max.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/device-types", tag = "device types", params(TenantPath), request_body = NewDeviceType,
     responses((status = 201, description = "Created", body = DeviceType)))]
 async fn create(
@@ -101,6 +119,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// List device types
+///
+/// One page of the tenant's device types in creation order: pass `limit` (1–1000, default 100) and
+/// the previous page's `next_cursor` as `cursor` for the next page.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/device-types", tag = "device types", params(TenantPath, PageParams),
     responses((status = 200, description = "One page, oldest first", body = Page<DeviceType>)))]
 async fn list(
@@ -125,6 +147,9 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+/// Read a device type
+///
+/// A device type of another tenant is 404, exactly as if it did not exist.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/device-types/{id}", tag = "device types", params(ItemPath),
     responses((status = 200, description = "The device type", body = DeviceType)))]
 async fn read(
@@ -146,6 +171,11 @@ async fn read(
     .ok_or(ApiError::NotFound("device type"))
 }
 
+/// Update a device type
+///
+/// Absent fields are kept; `null` clears `description` or `telemetry_schema`, while `"name": null`
+/// is 422. A new `telemetry_schema` replaces the old one as a whole, and a name another device type
+/// of the tenant has is 409. Answers 200 with the device type as stored.
 #[utoipa::path(patch, path = "/tenants/{tenant_id}/device-types/{id}", tag = "device types", params(ItemPath), request_body = DeviceTypePatch,
     responses((status = 200, description = "The updated device type", body = DeviceType)))]
 async fn update(
@@ -186,6 +216,10 @@ async fn update(
     .ok_or(ApiError::NotFound("device type"))
 }
 
+/// Delete a device type
+///
+/// Answers 204, and deletes the alert rules scoped to this type (`device_type_id`) with it. While
+/// devices are classified with the type the answer is 409: reclassify or delete them first.
 #[utoipa::path(delete, path = "/tenants/{tenant_id}/device-types/{id}", tag = "device types", params(ItemPath),
     responses((status = 204, description = "Deleted")))]
 async fn remove(

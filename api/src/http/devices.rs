@@ -50,6 +50,11 @@ impl Keyed for Device {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "SDE11/JAX/UTILITIES/BOILER/OPT_G",
+    "external_id": "SDE11/JAX/UTILITIES/BOILER/OPT_G",
+    "device_type": "SDE11"
+}))]
 struct NewDevice {
     #[schema(value_type = Name)]
     name: String,
@@ -66,6 +71,12 @@ struct NewDevice {
 /// Absent fields are kept; `null` clears a nullable one.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "Boiler 7, plant A",
+    "status": "maintenance",
+    "device_type_id": "0192f0c4-0000-7000-8000-000000000030",
+    "device_group_id": null
+}))]
 struct DevicePatch {
     #[serde(default, deserialize_with = "fields::not_null")]
     #[schema(value_type = Option<Name>, nullable = false)]
@@ -102,7 +113,13 @@ struct DeviceFilter {
     external_id: Option<String>,
 }
 
-/// 201 with the new device, or 200 with the existing one when `external_id` is already known.
+/// Create or find a device by external_id
+///
+/// Answers 201 with a new device, or 200 with the existing device, unchanged, when one with this
+/// `external_id` already exists in the tenant (the request's other fields are then ignored): safe
+/// to repeat and to race, never a duplicate. Without `external_id` every call creates a device.
+/// A new device's `device_type_id`, `organization_id`, `site_id` and `device_group_id` must be
+/// this tenant's, or the answer is 422 `invalid_reference`.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/devices", tag = "devices", params(TenantPath), request_body = NewDevice,
     responses((status = 201, description = "Created", body = Device),
         (status = 200, description = "A device with this external_id already exists: it is returned unchanged", body = Device)))]
@@ -150,6 +167,12 @@ async fn create(
     Ok((status, Json(row.into())))
 }
 
+/// List devices
+///
+/// One page of the tenant's devices in creation order: pass `limit` (1–1000, default 100) and the
+/// previous page's `next_cursor` as `cursor` for the next page. The filters combine: `device_type`
+/// (the free-text label), `device_type_id`, `unassigned=true` (no `device_type_id` yet, whatever
+/// the label) and `external_id`, each an exact match.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/devices", tag = "devices", params(TenantPath, DeviceFilter),
     responses((status = 200, description = "One page, oldest first", body = Page<Device>)))]
 async fn list(
@@ -183,6 +206,9 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+/// Read a device
+///
+/// A device of another tenant is 404, exactly as if it did not exist.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/devices/{id}", tag = "devices", params(ItemPath),
     responses((status = 200, description = "The device", body = Device)))]
 async fn read(
@@ -203,6 +229,13 @@ async fn read(
     .ok_or(ApiError::NotFound("device"))
 }
 
+/// Update or classify a device
+///
+/// Absent fields are kept; `null` clears `device_type`, `device_type_id`, `organization_id`,
+/// `site_id` or `device_group_id`, while `null` for `name` or `status` is 422. Setting
+/// `device_type_id` classifies the device: its type's `telemetry_schema` and the rules on that type
+/// then apply (the free-text `device_type` classifies nothing). `status` is `active`, `inactive` or
+/// `maintenance`; a reference that is not this tenant's is 422 `invalid_reference`.
 #[utoipa::path(patch, path = "/tenants/{tenant_id}/devices/{id}", tag = "devices", params(ItemPath), request_body = DevicePatch,
     responses((status = 200, description = "The updated device", body = Device)))]
 async fn update(
@@ -251,6 +284,10 @@ async fn update(
     .ok_or(ApiError::NotFound("device"))
 }
 
+/// Delete a device
+///
+/// Answers 204. The device's telemetry, its alerts and the alert rules scoped to it (`device_id`)
+/// are deleted with it.
 #[utoipa::path(delete, path = "/tenants/{tenant_id}/devices/{id}", tag = "devices", params(ItemPath),
     responses((status = 204, description = "Deleted")))]
 async fn remove(

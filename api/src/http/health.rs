@@ -22,15 +22,21 @@ struct Status {
     status: &'static str,
 }
 
-/// The process is up and answering.
+/// Check that the process is alive
+///
+/// Answers 200 `{"status": "ok"}` as long as the process serves HTTP, without touching the
+/// database: a liveness probe. Needs no token.
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, description = "Up", body = Status)))]
 async fn health() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// The database answers and its schema is at this binary's head: 503 otherwise, so that a
-/// replica is not sent traffic before (or while) it could serve it.
+/// Check that the service is ready for traffic
+///
+/// Answers 200 `{"status": "ready"}` when the database answers and its schema is at this binary's
+/// head, and 503 otherwise (database unreachable, schema missing, older or newer), so that a
+/// replica is not sent traffic before (or while) it could serve it. Needs no token.
 #[utoipa::path(get, path = "/ready", tag = "health",
     responses((status = 200, description = "Ready for traffic", body = Status)))]
 async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {

@@ -130,8 +130,14 @@ struct LiveFilter {
     _token: Option<String>,
 }
 
-/// Upgrades to a WebSocket that pushes the tenant's telemetry and alert events as JSON text
-/// messages. A client that falls behind is closed with 1013 (try again) and should reconnect.
+/// Stream the tenant's telemetry and alerts over a WebSocket
+///
+/// Upgrades to a WebSocket (101) that pushes each of the tenant's live events as a JSON text
+/// message: `{"type": "telemetry", ...}` and `{"type": "alert", "event": "opened" | "resolved",
+/// "alert": {...}}`; `device_id` keeps one device's (404 if it is not the tenant's). Browsers,
+/// which cannot set headers here, may pass the token as `?token=`. A client that falls behind is
+/// closed with 1013 (try again) and should reconnect; 503 when live updates are off
+/// (`GITO_LIVE=off`).
 #[utoipa::path(get, path = "/tenants/{tenant_id}/ws", tag = "live", params(TenantPath, LiveFilter),
     responses((status = 101, description = "Switched to the WebSocket protocol")))]
 async fn connect(

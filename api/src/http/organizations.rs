@@ -40,6 +40,7 @@ impl Keyed for Organization {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "name": "Acme Northern Region" }))]
 struct NewOrganization {
     #[schema(value_type = Name)]
     name: String,
@@ -47,12 +48,17 @@ struct NewOrganization {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "name": "Acme North" }))]
 struct OrganizationPatch {
     #[serde(default, deserialize_with = "fields::not_null")]
     #[schema(value_type = Option<Name>, nullable = false)]
     name: Option<String>,
 }
 
+/// Create an organization
+///
+/// Answers 201 with the new organization, the top of the tenant's hierarchy (organization > site >
+/// device group). A `name` that breaks the name rules is 422.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/organizations", tag = "hierarchy", params(TenantPath), request_body = NewOrganization,
     responses((status = 201, description = "Created", body = Organization)))]
 async fn create(
@@ -74,6 +80,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// List organizations
+///
+/// One page of the tenant's organizations in creation order: pass `limit` (1–1000, default 100) and
+/// the previous page's `next_cursor` as `cursor` for the next page.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/organizations", tag = "hierarchy", params(TenantPath, PageParams),
     responses((status = 200, description = "One page, oldest first", body = Page<Organization>)))]
 async fn list(
@@ -95,6 +105,9 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+/// Read an organization
+///
+/// An organization of another tenant is 404, exactly as if it did not exist.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/organizations/{id}", tag = "hierarchy", params(ItemPath),
     responses((status = 200, description = "The organization", body = Organization)))]
 async fn read(
@@ -114,6 +127,10 @@ async fn read(
     .ok_or(ApiError::NotFound("organization"))
 }
 
+/// Update an organization
+///
+/// Renames the organization when `name` is present; an absent `name` is kept, and `null` is 422 (a
+/// name cannot be cleared). Answers 200 with the organization as stored.
 #[utoipa::path(patch, path = "/tenants/{tenant_id}/organizations/{id}", tag = "hierarchy", params(ItemPath), request_body = OrganizationPatch,
     responses((status = 200, description = "The updated organization", body = Organization)))]
 async fn update(
@@ -137,6 +154,10 @@ async fn update(
     .ok_or(ApiError::NotFound("organization"))
 }
 
+/// Delete an organization
+///
+/// Answers 204. While sites or devices still reference the organization the answer is 409: reassign
+/// or delete them first.
 #[utoipa::path(delete, path = "/tenants/{tenant_id}/organizations/{id}", tag = "hierarchy", params(ItemPath),
     responses((status = 204, description = "Deleted")))]
 async fn remove(

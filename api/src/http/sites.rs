@@ -41,6 +41,10 @@ impl Keyed for Site {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "Boiler house 3",
+    "organization_id": "0192f0c4-0000-7000-8000-000000000010"
+}))]
 struct NewSite {
     #[schema(value_type = Name)]
     name: String,
@@ -49,6 +53,7 @@ struct NewSite {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "name": "Boiler house 3 (east)", "organization_id": null }))]
 struct SitePatch {
     #[serde(default, deserialize_with = "fields::not_null")]
     #[schema(value_type = Option<Name>, nullable = false)]
@@ -57,6 +62,10 @@ struct SitePatch {
     organization_id: Option<Option<Uuid>>,
 }
 
+/// Create a site
+///
+/// Answers 201 with the new site. `organization_id` is optional; when given it must name an
+/// organization of this tenant, or the answer is 422 `invalid_reference`.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/sites", tag = "hierarchy", params(TenantPath), request_body = NewSite,
     responses((status = 201, description = "Created", body = Site)))]
 async fn create(
@@ -79,6 +88,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// List sites
+///
+/// One page of the tenant's sites in creation order: pass `limit` (1–1000, default 100) and the
+/// previous page's `next_cursor` as `cursor` for the next page.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/sites", tag = "hierarchy", params(TenantPath, PageParams),
     responses((status = 200, description = "One page, oldest first", body = Page<Site>)))]
 async fn list(
@@ -100,6 +113,9 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+/// Read a site
+///
+/// A site of another tenant is 404, exactly as if it did not exist.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/sites/{id}", tag = "hierarchy", params(ItemPath),
     responses((status = 200, description = "The site", body = Site)))]
 async fn read(
@@ -119,6 +135,11 @@ async fn read(
     .ok_or(ApiError::NotFound("site"))
 }
 
+/// Update a site
+///
+/// Absent fields are kept; `"organization_id": null` detaches the site from its organization, while
+/// `"name": null` is 422. An `organization_id` that is not this tenant's is 422
+/// `invalid_reference`. Answers 200 with the site as stored.
 #[utoipa::path(patch, path = "/tenants/{tenant_id}/sites/{id}", tag = "hierarchy", params(ItemPath), request_body = SitePatch,
     responses((status = 200, description = "The updated site", body = Site)))]
 async fn update(
@@ -147,6 +168,10 @@ async fn update(
     .ok_or(ApiError::NotFound("site"))
 }
 
+/// Delete a site
+///
+/// Answers 204. While device groups or devices still reference the site the answer is 409: reassign
+/// or delete them first.
 #[utoipa::path(delete, path = "/tenants/{tenant_id}/sites/{id}", tag = "hierarchy", params(ItemPath),
     responses((status = 204, description = "Deleted")))]
 async fn remove(

@@ -180,6 +180,14 @@ pub(super) async fn ensure_device(
     }
 }
 
+/// Query a device's telemetry
+///
+/// Without `bucket`: raw points `{ts, metric, value, flagged}`, newest first, at most `limit`
+/// (1–10000, default 1000). With `bucket` (`30s`, `5m`, `1h`, `1d`, at most 366 days): one
+/// `{bucket, metric, avg, min, max, count}` per bucket and metric, newest first. There is no
+/// cursor: narrow the window with `from` (inclusive) and `to` (exclusive), RFC 3339 times (write
+/// an offset's `+` as `%2B`). A malformed time, bucket or limit is 400; a device that is not the
+/// tenant's is 404.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/devices/{device_id}/telemetry", tag = "telemetry", params(DevicePath, TelemetryQuery),
     responses((status = 200, description = "Points newest first, or buckets newest first", body = Series)))]
 async fn query(
@@ -258,7 +266,10 @@ struct Latest {
     flagged: bool,
 }
 
-/// `{"METRIC": {"ts", "value", "flagged"}, ...}`: the newest value of each metric.
+/// Read a device's latest value of each metric
+///
+/// Answers `{"METRIC": {"ts", "value", "flagged"}, ...}`: the newest value of every metric the
+/// device has reported, or `{}` before its first. A device that is not the tenant's is 404.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/devices/{device_id}/latest", tag = "telemetry", params(DevicePath),
     responses((status = 200, description = "The newest value of each metric, by metric name", body = BTreeMap<String, Latest>)))]
 async fn latest(

@@ -40,11 +40,17 @@ impl Keyed for Tenant {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "name": "Acme Heating" }))]
 struct NewTenant {
     #[schema(value_type = Name)]
     name: String,
 }
 
+/// Create a tenant
+///
+/// Admin token only (a tenant token gets 403). Answers 201 with the new tenant; its `id` is the
+/// `{tenant_id}` of every route under it. Names need not be unique: each call creates another
+/// tenant.
 #[utoipa::path(post, path = "/tenants", tag = "tenants", request_body = NewTenant,
     responses((status = 201, description = "Created (admin token only)", body = Tenant)))]
 async fn create(
@@ -64,6 +70,10 @@ async fn create(
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
+/// List tenants
+///
+/// Admin token only (a tenant token gets 403). One page of tenants in creation order: pass `limit`
+/// (1–1000, default 100) and the previous page's `next_cursor` as `cursor` for the next page.
 #[utoipa::path(get, path = "/tenants", tag = "tenants", params(PageParams),
     responses((status = 200, description = "One page, oldest first (admin token only)", body = Page<Tenant>)))]
 async fn list(
@@ -83,6 +93,10 @@ async fn list(
     Ok(Json(Page::from_rows(rows, limit)))
 }
 
+/// Read a tenant
+///
+/// The admin token may read any tenant; a tenant token only its own, and any other id is 404, as
+/// if it did not exist.
 #[utoipa::path(get, path = "/tenants/{tenant_id}", tag = "tenants", params(TenantPath),
     responses((status = 200, description = "The tenant", body = Tenant)))]
 async fn read(

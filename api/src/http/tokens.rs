@@ -52,11 +52,17 @@ pub struct CreatedToken {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({ "name": "mqtt-bridge" }))]
 struct NewTokenRequest {
     #[schema(value_type = Name)]
     name: String,
 }
 
+/// Create an API token for a tenant
+///
+/// Admin token only (a tenant token gets 403). Answers 201 with the token's details and, in
+/// `token`, its secret: shown this once and never again, so store it now. The token works only
+/// under `/tenants/{tenant_id}/...` and cannot manage tokens or tenants.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/tokens", tag = "tenants", params(TenantPath), request_body = NewTokenRequest,
     responses((status = 201, description = "Created (admin token only); `token` is shown this once", body = CreatedToken)))]
 async fn create(
@@ -90,6 +96,11 @@ async fn create(
     ))
 }
 
+/// List a tenant's API tokens
+///
+/// Admin token only (a tenant token gets 403). One page of tokens in creation order, each with its
+/// public `prefix` but never its secret; pass `limit` (1–1000, default 100) and the previous
+/// page's `next_cursor` as `cursor` for the next page.
 #[utoipa::path(get, path = "/tenants/{tenant_id}/tokens", tag = "tenants", params(TenantPath, PageParams),
     responses((status = 200, description = "One page, oldest first, without secrets (admin token only)", body = Page<Token>)))]
 async fn list(
@@ -112,6 +123,11 @@ async fn list(
     tenants::page(&state.pool, tenant_id, rows, limit).await
 }
 
+/// Revoke an API token
+///
+/// Admin token only (a tenant token gets 403). Deletes the token and answers 204; from then on
+/// requests made with it get 401 (this replica forgets it before answering, the others as soon as
+/// the database notifies them). An unknown token, or one of another tenant, is 404.
 #[utoipa::path(delete, path = "/tenants/{tenant_id}/tokens/{id}", tag = "tenants", params(ItemPath),
     responses((status = 204, description = "Revoked: the next request with the token gets 401 (admin token only)")))]
 async fn revoke(

@@ -4,6 +4,7 @@ mod auth;
 mod boot;
 mod cli;
 mod devices;
+mod docs;
 mod errors;
 mod helpers;
 mod hierarchy;
