@@ -213,15 +213,3 @@ async fn migrate_commands_print_what_operators_expect() {
         assert!(stderr.contains("unknown migration version"), "{stderr}");
     }
 }
-
-#[tokio::test]
-async fn an_unreachable_database_fails_with_one_line_and_a_nonzero_exit() {
-    let (ok, _, stderr) = run_gito_api(
-        "postgres://postgres@127.0.0.1:1/nowhere",
-        &["migrate", "current"],
-    )
-    .await;
-    assert!(!ok);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("gito-api: database error"), "{stderr}");
-}
