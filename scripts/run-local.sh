@@ -2,8 +2,9 @@
 # Runs the whole of gito on this machine, without Docker: PostgreSQL and Mosquitto (installed with
 # apt-get when missing), gito's local broker (mosquitto/mosquitto.conf, with authentication), a
 # second Mosquitto standing in for the plant's "external" broker, gito-api (migrating on boot, via
-# entrypoint.sh), gito-bridge and the simulator. Ctrl-C (or SIGTERM) stops everything it started,
-# nothing else, within 2 s.
+# entrypoint.sh), gito-bridge and the simulator. Ctrl-C (or SIGTERM, SIGHUP) stops everything it
+# started, nothing else, within 2 s. (Started with & from another script, bash ignores SIGINT in
+# it and so cannot trap it: stop it with SIGTERM then.)
 #
 #   scripts/run-local.sh [--fresh]
 #
@@ -147,19 +148,37 @@ running() {
   kill -0 "$1" 2>/dev/null && [ "$(sed 's/.*) //; s/ .*//' "/proc/$1/stat" 2>/dev/null)" != Z ]
 }
 
-any_group_left() {
+# groups_left PID...: one of those sessions (each started one is its own) still has a live
+# process. Zombies do not count: a killed grandchild waits for init to reap it, which can be slow.
+groups_left() {
   local pid
-  for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && return 0; done
+  [ "$#" -gt 0 ] || return 1
+  if command -v ps >/dev/null; then
+    ps -e -o sid=,stat= | awk -v sids=" $* " '$2 !~ /^Z/ && index(sids, " " $1 " ") { found = 1 } END { exit !found }'
+    return
+  fi
+  for pid in "$@"; do kill -0 -- "-$pid" 2>/dev/null && return 0; done
   return 1
 }
 
-# SIGTERM to every process group started, SIGKILL to what is left after 1.5 s.
+# terminate DEADLINE PID...: SIGTERM to those process groups, then wait until they are gone or
+# the clock (now_ms) reaches DEADLINE.
+terminate() {
+  local deadline=$1 pid
+  shift
+  for pid in "$@"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+  while groups_left "$@" && [ "$(now_ms)" -lt "$deadline" ]; do sleep 0.05; done
+}
+
+# Stops every process group started: the clients first, while the brokers (started first) still
+# take their disconnects (gito-bridge waits 2 s for a broker that is gone), then the brokers;
+# SIGKILL to whatever is left after 1.5 s.
 stop_all() {
-  local pid deadline
+  local t0 pid
   [ "${#pids[@]}" -gt 0 ] || return 0
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
-  deadline=$(($(now_ms) + 1500))
-  while any_group_left && [ "$(now_ms)" -lt "$deadline" ]; do sleep 0.05; done
+  t0=$(now_ms)
+  terminate $((t0 + 1000)) "${pids[@]:2}"
+  terminate $((t0 + 1500)) "${pids[@]:0:2}"
   for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   pids=()
@@ -172,7 +191,7 @@ release() {
 on_exit() {
   local status=$?
   trap - EXIT
-  trap '' INT TERM
+  trap '' INT TERM HUP
   stop_all
   release
   [ "$status" -eq 0 ] || echo "run-local.sh stopped everything it started; logs kept in $logs/" >&2
@@ -181,18 +200,18 @@ on_exit() {
 
 on_signal() {
   trap - EXIT
-  trap '' INT TERM
+  trap '' INT TERM HUP
   local t0
   t0=$(now_ms)
-  echo
-  echo "stopping what run-local.sh started"
+  # (|| true: after a SIGHUP the terminal may be gone)
+  printf '\nstopping what run-local.sh started\n' 2>/dev/null || true
   stop_all
   release
-  echo "stopped in $(($(now_ms) - t0)) ms; logs kept in $logs/"
+  echo "stopped in $(($(now_ms) - t0)) ms; logs kept in $logs/" 2>/dev/null || true
   exit 0
 }
 trap on_exit EXIT
-trap on_signal INT TERM
+trap on_signal INT TERM HUP
 
 # show_log LOG: its last lines, on stderr.
 show_log() {
@@ -231,8 +250,10 @@ wait_for() {
 # Administrative statements go to the maintenance database, never to $db itself (which --fresh
 # drops), even when DATABASE_URL names it (the banner's export line does).
 PG_URL="$(database_url postgres)"
+command -v cargo >/dev/null || die "cargo not found: install Rust $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml) or newer (https://rustup.rs)"
 ensure_postgres
 ensure_mosquitto
+command -v curl >/dev/null || apt_install curl
 
 step "database $db"
 if [ -n "$fresh" ]; then
