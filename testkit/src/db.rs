@@ -2,7 +2,8 @@
 //! migrated once per migration set (its name carries the set's fingerprint, so a changed
 //! migration never reuses a stale template), which is much faster than replaying every migration
 //! per test. Each database is dropped when its `TestDb` is, unless the test failed: then it is
-//! kept for a look, and `scripts/test.sh` drops leftovers (`gito_test_*`) before and after a run.
+//! kept for a look (set `GITO_TEST_KEEP=1` to keep every one), and `scripts/test.sh` drops leftovers
+//! (`gito_test_*`) before and after a run.
 
 use sha2::{Digest as _, Sha256};
 use sqlx::{Connection, PgConnection};
@@ -56,7 +57,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::env::var_os("GITO_TEST_KEEP").is_some() || std::thread::panicking() {
             eprintln!("test database kept for a look: {}", self.url);
             return;
         }
