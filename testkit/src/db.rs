@@ -1,7 +1,7 @@
 //! A database of its own for every test. Migrated ones are cloned from a template that is
 //! migrated once per migration set (its name carries the set's fingerprint, so a changed
 //! migration never reuses a stale template), which is much faster than replaying every migration
-//! per test. Each database is dropped when its `TestDb` is, unless the test failed: then it is
+//! per test. Each database is dropped (in the background) when its `TestDb` is, unless the test failed: then it is
 //! kept for a look (set `GITO_TEST_KEEP=1` to keep every one), and `scripts/test.sh` drops leftovers
 //! (`gito_test_*`) before and after a run.
 
@@ -61,26 +61,49 @@ impl Drop for TestDb {
             eprintln!("test database kept for a look: {}", self.url);
             return;
         }
-        // Drop cannot await; a thread with a runtime of its own can, whatever runtime we are on.
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(execute(&sql));
-        })
-        .join();
-        if dropped.is_err() {
-            eprintln!("could not drop the test database {}", self.name);
+        if let Ok(queue) = dropper().lock() {
+            queue.send(self.name.clone()).ok();
         }
     }
+}
+
+/// Drops finished tests' databases one at a time, off the tests' path: DROP DATABASE forces a
+/// checkpoint, and done inline under load it made the suite four times slower. Whatever is still
+/// queued when the test process exits is dropped by `scripts/test.sh` after the run.
+fn dropper() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<String>> {
+    static DROPPER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<String>>> =
+        std::sync::OnceLock::new();
+    DROPPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            for name in rx {
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                if let Err(e) = runtime.block_on(try_execute(&sql)) {
+                    eprintln!("could not drop the test database {name}: {e}");
+                }
+            }
+        });
+        std::sync::Mutex::new(tx)
+    })
 }
 
 fn database_url(name: &str) -> String {
     let server = server_url();
     let (base, _) = server.rsplit_once('/').expect("database URL has a path");
     format!("{base}/{name}")
+}
+
+async fn try_execute(sql: &str) -> Result<(), sqlx::Error> {
+    let mut admin = PgConnection::connect(&server_url()).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await.ok();
+    Ok(())
 }
 
 async fn execute(sql: &str) {
