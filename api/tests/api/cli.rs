@@ -55,15 +55,19 @@ async fn a_missing_database_is_said_once_with_what_to_do() {
 
 #[tokio::test]
 async fn an_unknown_role_points_at_the_credentials() {
-    let server = server_url();
-    let url = server.replacen("postgres://postgres@", "postgres://gito_nobody@", 1);
-    assert_ne!(url, server, "the test server URL names the postgres user");
-    let (code, _, stderr) = output(gito_api(&url, &["migrate", "current"])).await;
+    let mut url = reqwest::Url::parse(&server_url()).expect("the test server URL");
+    url.set_username("gito_nobody").expect("a user");
+    url.set_password(Some("wrong")).expect("a password");
+    let (code, _, stderr) = output(gito_api(url.as_str(), &["migrate", "current"])).await;
     assert_eq!(code, Some(1));
-    assert_eq!(
-        stderr,
-        "gito-api: role \"gito_nobody\" does not exist — check the user and password in DATABASE_URL\n"
-    );
+    // A server that trusts local connections names the role; one that asks for passwords does not
+    // say whether the role exists. Either way the hint is the same.
+    let said = [
+        r#"role "gito_nobody" does not exist"#,
+        r#"password authentication failed for user "gito_nobody""#,
+    ]
+    .map(|cause| format!("gito-api: {cause} — check the user and password in DATABASE_URL\n"));
+    assert!(said.contains(&stderr), "{stderr}");
 }
 
 #[tokio::test]
