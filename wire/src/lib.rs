@@ -4,12 +4,14 @@
 //! reads and WebSocket clients receive ([`LiveEvent`] on an [`AlertsTopic`]); both apply the same
 //! [`limits`] to names and ids. docs/ARCHITECTURE.md quotes the golden examples in `golden/`.
 
+pub mod device_events;
 pub mod envelope;
 pub mod events;
 pub mod limits;
 pub mod topic;
 
+pub use device_events::DeviceEvent;
 pub use envelope::{Envelope, Invalid, MetricValue};
 pub use events::{Alert, AlertChange, AlertEvent, LiveEvent, TelemetryEvent};
 pub use limits::TextError;
-pub use topic::{AlertsTopic, TelemetryTopic};
+pub use topic::{AlertsTopic, DeviceEventsTopic, TelemetryTopic};

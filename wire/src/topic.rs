@@ -74,6 +74,30 @@ impl FromStr for AlertsTopic {
     }
 }
 
+/// `{tenant_id}/device-events`: where gito-api announces changes of a tenant's devices that
+/// other processes cache (today: deletions, so that the bridge forgets the path at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceEventsTopic {
+    pub tenant_id: Uuid,
+}
+
+impl fmt::Display for DeviceEventsTopic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/device-events", self.tenant_id)
+    }
+}
+
+impl FromStr for DeviceEventsTopic {
+    type Err = Invalid;
+
+    fn from_str(topic: &str) -> Result<Self, Self::Err> {
+        let tenant = topic.strip_suffix("/device-events").ok_or(Invalid::Topic)?;
+        Ok(DeviceEventsTopic {
+            tenant_id: Uuid::try_parse(tenant).map_err(|_| Invalid::Topic)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +113,8 @@ mod tests {
         assert_eq!(parsed.to_string(), telemetry);
         let alerts: AlertsTopic = format!("{TENANT}/alerts").parse().expect("valid");
         assert_eq!(alerts.to_string(), format!("{TENANT}/alerts"));
+        let events: DeviceEventsTopic = format!("{TENANT}/device-events").parse().expect("valid");
+        assert_eq!(events.to_string(), format!("{TENANT}/device-events"));
     }
 
     #[test]
