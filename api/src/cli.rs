@@ -80,9 +80,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("token {name} for tenant {tenant_id} {outcome}");
             Ok(())
         }
-        Command::Migrate { database_url, args } => {
+        Command::Migrate {
+            database_url,
+            lock_wait,
+            args,
+        } => {
             let url = database_url.as_ref().map(DatabaseUrl::expose);
-            let out = commands::run(&args.command, url, Catalog::embedded()).await?;
+            let out = commands::run(&args.command, url, lock_wait, Catalog::embedded()).await?;
             println!("{out}");
             Ok(())
         }
@@ -95,7 +99,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 async fn processor(database: DatabaseConfig, mqtt: MqttConfig) -> anyhow::Result<()> {
-    let pool = sqlx::PgPool::connect(database.url.expose())
+    let options = database
+        .url
+        .connect_options("gito-api processor")
+        .map_err(DbError)
+        .context("reading DATABASE_URL")?;
+    let pool = sqlx::PgPool::connect_with(options)
         .await
         .map_err(DbError)
         .context("connecting to the database")?;

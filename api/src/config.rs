@@ -9,6 +9,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use gito_runtime::logging::LogArgs;
 use gito_runtime::mqtt::MqttUrl;
 use gito_runtime::{ExposeSecret as _, SecretString};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::auth::AdminToken;
 use crate::migrate::MigrateArgs;
@@ -90,6 +91,10 @@ pub enum Command {
             global = true
         )]
         database_url: Option<DatabaseUrl>,
+        /// How long `up`, `down` and `stamp` wait for another process's migration lock before
+        /// giving up (exit 1) with a line naming the holder, e.g. `30s`, `5m`.
+        #[arg(long = "advisory-lock-wait", env = "GITO_MIGRATION_ADVISORY_LOCK_WAIT", default_value = "5m", value_parser = parse_duration, global = true)]
+        lock_wait: Duration,
         #[command(flatten)]
         args: MigrateArgs,
     },
@@ -162,6 +167,14 @@ pub struct ServeConfig {
     /// Connections in the database pool.
     #[arg(long, env = "GITO_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+    /// How long migrating on boot waits for another process's migration lock before giving up
+    /// (exit 1) with a line naming the holder, e.g. `30s`, `5m`.
+    #[arg(long = "advisory-lock-wait", env = "GITO_MIGRATION_ADVISORY_LOCK_WAIT", default_value = "5m", value_parser = parse_duration)]
+    pub migration_lock_wait: Duration,
+    /// How long one message to a WebSocket client may take to go out before the client, which
+    /// is not reading, is dropped, e.g. `10s`.
+    #[arg(long, env = "GITO_WS_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ws_send_timeout: Duration,
     /// Run the telemetry processor in this process (`off`: run `gito-api processor` elsewhere).
     #[arg(long, env = "GITO_PROCESSOR", default_value = "on", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub processor: bool,
@@ -222,6 +235,31 @@ impl DatabaseUrl {
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
+
+    /// See [`connect_options`].
+    pub fn connect_options(&self, application_name: &str) -> Result<PgConnectOptions, sqlx::Error> {
+        connect_options(self.expose(), application_name)
+    }
+}
+
+/// How gito-api connects to PostgreSQL: `application_name` says which part of it a connection
+/// serves (in `pg_stat_activity`; one given in the URL wins), and the server probes an idle
+/// connection after 30 s (then every 10 s, 3 times), so that a gito-api that vanished without
+/// closing its connections (host lost, network cut) releases its backends and locks, such as the
+/// migration lock, within about a minute. sqlx 0.9 cannot set TCP keepalive on its own end of
+/// the socket; the client side is covered by timeouts instead (docs/OPERATIONS.md).
+pub fn connect_options(url: &str, application_name: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = if options.get_application_name().is_some() {
+        options
+    } else {
+        options.application_name(application_name)
+    };
+    Ok(options.options([
+        ("tcp_keepalives_idle", "30"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "3"),
+    ]))
 }
 
 impl FromStr for DatabaseUrl {
@@ -234,6 +272,25 @@ impl FromStr for DatabaseUrl {
             Err("expected a postgres:// or postgresql:// URL".to_owned())
         }
     }
+}
+
+/// A duration such as `300ms`, `30s`, `5m` or `1h` (a bare number is seconds); at least 1 ms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let expected = || format!("expected a duration such as 30s, 5m, 1h or 500ms, got {s:?}");
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => return Err(expected()),
+    };
+    if duration.is_zero() {
+        return Err("must be more than zero".to_owned());
+    }
+    Ok(duration)
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -255,6 +312,32 @@ mod tests {
             .into_iter()
             .map(|a| a.into_string().expect("UTF-8"))
             .collect()
+    }
+
+    #[test]
+    fn durations_read_with_their_unit() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "m", "5 minutes", "-1s", "1.5s", "0s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn connections_say_who_they_are_unless_the_url_does() {
+        let named = connect_options("postgres://u@h/db", "gito-api").expect("URL");
+        assert_eq!(named.get_application_name(), Some("gito-api"));
+        assert!(
+            named
+                .get_options()
+                .is_some_and(|o| o.contains("tcp_keepalives_idle=30"))
+        );
+        let own =
+            connect_options("postgres://u@h/db?application_name=mine", "gito-api").expect("URL");
+        assert_eq!(own.get_application_name(), Some("mine"));
     }
 
     #[test]

@@ -5,12 +5,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use gito_runtime::Supervisor;
 use rumqttc::MqttOptions;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -28,27 +29,44 @@ pub struct Server {
     processor: Option<ProcessorConfig>,
     live: Option<(Live, MqttOptions)>,
     tokens: Arc<TokenCache>,
+    /// The token listener's own connection: named apart, so an operator can tell it.
+    listener_options: PgConnectOptions,
 }
+
+/// `application_name` of the pool's connections (the token listener's add ` token-listener`,
+/// the migration connection's ` migrate`), unless DATABASE_URL names one.
+pub const APPLICATION_NAME: &str = "gito-api";
 
 impl Server {
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Server> {
         let url = config.database.url.expose();
         if config.migrate_on_boot {
-            migrate::up(url, Catalog::embedded(), None)
+            migrate::up_waiting(url, Catalog::embedded(), None, config.migration_lock_wait)
                 .await
                 .context("migrating on boot")?;
         }
+        let options = config
+            .database
+            .url
+            .connect_options(APPLICATION_NAME)
+            .map_err(DbError)
+            .context("reading DATABASE_URL")?;
+        // sqlx cannot enable TCP keepalive on its end, so no wait may be unbounded instead:
+        // acquiring (connecting, or pinging an idle connection first) takes at most 5 s, a
+        // request at most GITO_REQUEST_TIMEOUT_SECS, and the token listener has its heartbeat.
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(true)
+            .connect_with(options)
             .await
             .map_err(DbError)
             .context("connecting to the database")?;
         let processor = config.processor.then(|| config.mqtt.processor());
         let live = config.live.then(|| {
             let client_id = format!("gito-api-live-{}", Uuid::new_v4().simple());
-            (Live::default(), config.mqtt.mqtt_url.options(&client_id))
+            let live = Live::new(config.ws_send_timeout);
+            (live, config.mqtt.mqtt_url.options(&client_id))
         });
         let listener = TcpListener::bind(config.addr)
             .await
@@ -74,6 +92,12 @@ impl Server {
             processor,
             live,
             tokens,
+            listener_options: config
+                .database
+                .url
+                .connect_options(token_cache::APPLICATION_NAME)
+                .map_err(DbError)
+                .context("reading DATABASE_URL")?,
         })
     }
 
@@ -93,6 +117,7 @@ impl Server {
             processor,
             live,
             tokens,
+            listener_options,
         } = self;
         let mut tasks = Supervisor::new();
         tasks.spawn("http", |stop| async move {
@@ -108,7 +133,7 @@ impl Server {
             tasks.spawn("live", |stop| live.fan_out(options, stop));
         }
         tasks.spawn("token_listener", |stop| {
-            token_cache::listen(tokens, pool, stop)
+            token_cache::listen(tokens, listener_options, pool, stop)
         });
         tasks.run(shutdown).await
     }

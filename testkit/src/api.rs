@@ -28,6 +28,8 @@ pub fn serve_config(db_url: &str, addr: SocketAddr) -> ServeConfig {
         max_body_bytes: 64 * 1024,
         request_timeout: Duration::from_secs(10),
         db_max_connections: 4,
+        migration_lock_wait: Duration::from_secs(300),
+        ws_send_timeout: Duration::from_secs(10),
         processor: false,
         live: false,
         mqtt: MqttConfig {

@@ -5,6 +5,8 @@
 //! did not exist. The rules live here, in one layer over every protected route, so that a new
 //! route cannot forget them.
 
+use std::sync::Arc;
+
 use axum::extract::{Query, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
@@ -33,7 +35,31 @@ pub async fn require_token(
     let principal = resolve(&state, &token).await?;
     authorize(principal, request.method(), request.uri().path())?;
     request.extensions_mut().insert(principal);
+    if let Principal::Tenant(_) = principal {
+        request.extensions_mut().insert(Credential(token.into()));
+    }
     Ok(next.run(request).await)
+}
+
+/// The tenant token a request was made with: a WebSocket keeps it to check it again while open.
+#[derive(Clone)]
+pub struct Credential(Arc<str>);
+
+impl Credential {
+    pub fn key_id(&self) -> Option<&str> {
+        auth::parse(&self.0).map(|parts| parts.key_id)
+    }
+
+    /// Whom the token stands for now (the cache, else the database).
+    pub async fn resolve(&self, state: &AppState) -> Result<Principal, ApiError> {
+        resolve(state, &self.0).await
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(..)")
+    }
 }
 
 fn presented(request: &Request) -> Result<String, ApiError> {

@@ -1,11 +1,15 @@
 //! Live updates over WebSocket: `GET /tenants/{tenant_id}/ws[?device_id=]` streams that tenant's
 //! telemetry and alert events. Every API replica fans out from the broker itself (not only the
 //! one that wrote), through a broadcast channel that never waits for a client: a client that
-//! falls behind is disconnected instead of slowing anything down.
+//! falls behind is disconnected instead of slowing anything down, and so is one that stops
+//! reading (a send that cannot finish within `GITO_WS_SEND_TIMEOUT`). A socket opened with a
+//! tenant token closes (1008, "token revoked") within a second of the token's revocation.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
@@ -14,22 +18,33 @@ use gito_wire::{AlertsTopic, Envelope, LiveEvent, TelemetryEvent, TelemetryTopic
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
 use tokio::sync::broadcast;
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
+use super::auth::{Credential, Principal};
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::openapi::TenantPath;
+use super::token_cache::Revocation;
 use super::{AppState, telemetry, tenants};
 
-/// Events a client may fall behind by before it is disconnected.
+/// Events a client may fall behind by before it is disconnected: with the socket's own buffers,
+/// all a client can hold up.
 const BACKLOG: usize = 4096;
+/// Sending a close frame, at most: a client that does not read will not take it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Looking a token up again, at most; past it the socket is closed (1013) as unverifiable.
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Live {
     events: broadcast::Sender<Fanned>,
+    send_timeout: Duration,
+    /// Clients dropped because a send did not finish in time.
+    stalled: Arc<AtomicU64>,
 }
 
 /// An event on its way to the clients: whom it concerns, and its JSON, serialized once.
@@ -40,14 +55,17 @@ struct Fanned {
     json: Arc<str>,
 }
 
-impl Default for Live {
-    fn default() -> Self {
-        let (events, _) = broadcast::channel(BACKLOG);
-        Live { events }
-    }
-}
-
 impl Live {
+    /// `send_timeout`: how long one message to a client may take before it is dropped.
+    pub fn new(send_timeout: Duration) -> Live {
+        let (events, _) = broadcast::channel(BACKLOG);
+        Live {
+            events,
+            send_timeout,
+            stalled: Arc::default(),
+        }
+    }
+
     /// Subscribes to every tenant's telemetry and alerts (QoS 0: live views want the present)
     /// and hands each event to the connected clients, until `stop` (a supervised task).
     pub async fn fan_out(
@@ -136,12 +154,15 @@ struct LiveFilter {
 /// message: `{"type": "telemetry", ...}` and `{"type": "alert", "event": "opened" | "resolved",
 /// "alert": {...}}`; `device_id` keeps one device's (404 if it is not the tenant's). Browsers,
 /// which cannot set headers here, may pass the token as `?token=`. A client that falls behind is
-/// closed with 1013 (try again) and should reconnect; 503 when live updates are off
-/// (`GITO_LIVE=off`).
+/// closed with 1013 (try again) and should reconnect, one that stops reading is dropped; a socket
+/// opened with a tenant token is closed with 1008 ("token revoked") within a second of the
+/// token's revocation. 503 when live updates are off (`GITO_LIVE=off`).
 #[utoipa::path(get, path = "/tenants/{tenant_id}/ws", tag = "live", params(TenantPath, LiveFilter),
     responses((status = 101, description = "Switched to the WebSocket protocol")))]
 async fn connect(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    credential: Option<Extension<Credential>>,
     Path(tenant_id): Path<Uuid>,
     Query(filter): Query<LiveFilter>,
     upgrade: WebSocketUpgrade,
@@ -155,30 +176,80 @@ async fn connect(
     if let Some(device_id) = filter.device_id {
         telemetry::ensure_device(&state, tenant_id, device_id).await?;
     }
+    // The admin token cannot be revoked; a tenant token is watched as long as the socket is open.
+    let guard = match (principal, credential) {
+        (Principal::Tenant(_), Some(Extension(credential))) => Some(TokenGuard {
+            state,
+            credential,
+            tenant_id,
+        }),
+        _ => None,
+    };
     let events = live.events.subscribe();
-    Ok(upgrade.on_upgrade(move |socket| stream(socket, events, tenant_id, filter.device_id)))
+    let client = Client {
+        tenant_id,
+        device_id: filter.device_id,
+    };
+    Ok(upgrade.on_upgrade(move |socket| stream(socket, live, events, client, guard)))
+}
+
+/// What one client asked for.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    tenant_id: Uuid,
+    device_id: Option<Uuid>,
+}
+
+impl Client {
+    fn wants(&self, event: &Fanned) -> bool {
+        event.tenant_id == self.tenant_id && self.device_id.is_none_or(|d| d == event.device_id)
+    }
 }
 
 async fn stream(
     mut socket: WebSocket,
+    live: Live,
     mut events: broadcast::Receiver<Fanned>,
-    tenant_id: Uuid,
-    device_id: Option<Uuid>,
+    client: Client,
+    guard: Option<TokenGuard>,
 ) {
+    // One future for the socket's whole life, polled beside everything it waits for (sends
+    // included), so that a revocation closes it whatever it is doing.
+    let verdict = async move {
+        match guard {
+            Some(guard) => guard.revoked().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut verdict = std::pin::pin!(verdict);
     loop {
         tokio::select! {
+            frame = &mut verdict => return close(socket, frame).await,
             event = events.recv() => match event {
-                Ok(event) => {
-                    let wanted = event.tenant_id == tenant_id && device_id.is_none_or(|d| d == event.device_id);
-                    if wanted && socket.send(Message::Text(event.json.as_ref().into())).await.is_err() {
-                        return;
+                Ok(event) if client.wants(&event) => {
+                    let message = Message::Text(event.json.as_ref().into());
+                    tokio::select! {
+                        frame = &mut verdict => return close(socket, frame).await,
+                        sent = timeout(live.send_timeout, socket.send(message)) => match sent {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return,
+                            Err(_) => {
+                                let dropped_total = live.stalled.fetch_add(1, Ordering::Relaxed) + 1;
+                                tracing::warn!(
+                                    dropped_total,
+                                    send_timeout_ms = u64::try_from(live.send_timeout.as_millis()).unwrap_or(u64::MAX),
+                                    "dropped a WebSocket client that stopped reading (a message did not go out within GITO_WS_SEND_TIMEOUT)"
+                                );
+                                return;
+                            }
+                        },
                     }
                 }
+                Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::info!(missed, "disconnecting a WebSocket client that fell behind");
                     let frame = CloseFrame { code: close_code::AGAIN, reason: "too slow: reconnect".into() };
-                    let _ = socket.send(Message::Close(Some(frame))).await;
-                    return;
+                    return close(socket, frame).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -187,5 +258,74 @@ async fn stream(
                 Some(Ok(_)) => {}
             },
         }
+    }
+}
+
+/// Sends `frame` if the client takes it soon, then drops the connection either way.
+async fn close(mut socket: WebSocket, frame: CloseFrame) {
+    let _ = timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+}
+
+/// A tenant token behind an open socket, and how to tell when it stops being valid.
+struct TokenGuard {
+    state: AppState,
+    credential: Credential,
+    tenant_id: Uuid,
+}
+
+impl TokenGuard {
+    /// Completes with the close frame once the token is revoked, or can no longer be vouched for.
+    async fn revoked(self) -> CloseFrame {
+        let Some(key_id) = self.credential.key_id() else {
+            return revoked();
+        };
+        let mut watch = self.state.tokens.watch(key_id);
+        // Checked by the auth layer before the watch began: once more, in case it fell between.
+        if let Some(frame) = self.check().await {
+            return frame;
+        }
+        loop {
+            let check = match watch.revocations.recv().await {
+                Ok(Revocation::Evicted(key)) => *key == *watch.key_id(),
+                Ok(Revocation::Gone(key)) if *key == *watch.key_id() => {
+                    tracing::info!("closing a WebSocket: its token was revoked");
+                    return revoked();
+                }
+                Ok(Revocation::Gone(_)) => false,
+                Ok(Revocation::Unverifiable) => return unverifiable(),
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                // The cache is gone: the process is stopping.
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            };
+            if check && let Some(frame) = self.check().await {
+                return frame;
+            }
+        }
+    }
+
+    /// `None` while the token still stands for this tenant.
+    async fn check(&self) -> Option<CloseFrame> {
+        match timeout(RECHECK_TIMEOUT, self.credential.resolve(&self.state)).await {
+            Ok(Ok(Principal::Tenant(tenant_id))) if tenant_id == self.tenant_id => None,
+            Ok(Ok(_) | Err(ApiError::Unauthorized(_))) => {
+                tracing::info!("closing a WebSocket: its token was revoked");
+                Some(revoked())
+            }
+            Ok(Err(_)) | Err(_) => Some(unverifiable()),
+        }
+    }
+}
+
+fn revoked() -> CloseFrame {
+    CloseFrame {
+        code: close_code::POLICY,
+        reason: "token revoked".into(),
+    }
+}
+
+fn unverifiable() -> CloseFrame {
+    CloseFrame {
+        code: close_code::AGAIN,
+        reason: "cannot verify the token: reconnect".into(),
     }
 }

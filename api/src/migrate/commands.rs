@@ -3,11 +3,14 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use time::format_description::well_known::Rfc3339;
 
-use super::{Catalog, DownTarget, MigrateError, Status, down, stamp, status, up};
+use super::{
+    Catalog, DownTarget, MigrateError, Status, down_waiting, stamp_waiting, status, up_waiting,
+};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -52,10 +55,12 @@ pub enum MigrateCommand {
     },
 }
 
-/// Runs one command; `Ok` holds what to print on stdout.
+/// Runs one command; `Ok` holds what to print on stdout. `lock_wait` bounds the wait for another
+/// process's migration lock.
 pub async fn run(
     command: &MigrateCommand,
     database_url: Option<&str>,
+    lock_wait: Duration,
     catalog: &Catalog,
 ) -> Result<String, MigrateError> {
     // `new` only writes files: it needs no database.
@@ -71,7 +76,8 @@ pub async fn run(
                 .as_deref()
                 .map(|spec| catalog.resolve(spec))
                 .transpose()?;
-            let applied = up(database_url, catalog, target.flatten().map(|m| m.version)).await?;
+            let target = target.flatten().map(|m| m.version);
+            let applied = up_waiting(database_url, catalog, target, lock_wait).await?;
             let now = current_line(&status(database_url, catalog).await?, catalog);
             Ok(format!(
                 "applied {} migration(s); now at {now}",
@@ -83,7 +89,7 @@ pub async fn run(
                 Some(spec) => DownTarget::To(catalog.resolve(spec)?.map(|m| m.version)),
                 None => DownTarget::Steps(steps.unwrap_or(1)),
             };
-            let reverted = down(database_url, catalog, target).await?;
+            let reverted = down_waiting(database_url, catalog, target, lock_wait).await?;
             let now = current_line(&status(database_url, catalog).await?, catalog);
             Ok(format!(
                 "reverted {} migration(s); now at {now}",
@@ -92,7 +98,7 @@ pub async fn run(
         }
         MigrateCommand::Stamp { version } => {
             let target = catalog.resolve(version)?;
-            stamp(database_url, catalog, target.map(|m| m.version)).await?;
+            stamp_waiting(database_url, catalog, target.map(|m| m.version), lock_wait).await?;
             let at = target.map_or("base", |m| m.name.as_str());
             tracing::warn!(
                 "stamped the database as {at} without running any SQL: its schema must already match"

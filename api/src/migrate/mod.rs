@@ -9,7 +9,10 @@ mod runner;
 pub use catalog::{Catalog, Migration};
 pub mod commands;
 pub use commands::{MigrateArgs, MigrateCommand, new_migration};
-pub use runner::{Applied, DownTarget, Status, down, stamp, status, up};
+pub use runner::{
+    Applied, DEFAULT_LOCK_WAIT, DownTarget, LOCK_KEY, Status, down, down_waiting, stamp,
+    stamp_waiting, status, up, up_waiting,
+};
 
 /// Why a migration command or a boot-time migration stopped. Each variant reads as one line
 /// that names the version and the file.
@@ -54,6 +57,16 @@ pub enum MigrateError {
         "no database given: set DATABASE_URL or pass --database-url, e.g. postgres://gito:secret@localhost:5432/gito"
     )]
     NoDatabase,
+    #[error(
+        "gave up after {waited} waiting for the migration lock (PostgreSQL advisory lock {key}), \
+         held by {holder}: let it finish, or end it (SELECT pg_terminate_backend(pid)) if it is stuck; \
+         GITO_MIGRATION_ADVISORY_LOCK_WAIT sets how long to wait"
+    )]
+    LockWait {
+        waited: String,
+        key: i64,
+        holder: String,
+    },
     #[error(transparent)]
     Database(#[from] crate::db_error::DbError),
     #[error("{0}")]

@@ -3,18 +3,29 @@
 //! Every command that writes runs on one dedicated connection under a session advisory lock, so
 //! replicas booting together apply each migration exactly once; the connection is closed when
 //! the command ends, also on error, so the lock can never leak into a pool. Each migration runs
-//! in its own transaction together with its bookkeeping row.
+//! in its own transaction together with its bookkeeping row. Waiting for another process's lock
+//! is bounded, and giving up names that process (`pg_locks` joined with `pg_stat_activity`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgDatabaseError;
 use sqlx::{Connection, PgConnection};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::{Catalog, MigrateError, Migration};
+use crate::config::connect_options;
 
 /// Arbitrary but fixed: every gito-api process agrees on it ("gito" in ASCII).
-const LOCK_KEY: i64 = 0x6769_746f;
+pub const LOCK_KEY: i64 = 0x6769_746f;
+/// How long to wait for another process's migration lock unless told otherwise.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(300);
+/// How often the lock is tried while another process holds it.
+const LOCK_POLL: Duration = Duration::from_millis(200);
+/// How often waiting for it is logged.
+const LOCK_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The migration connection's `application_name`, which a waiting process names.
+const APPLICATION_NAME: &str = "gito-api migrate";
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS gito_schema_migrations (
     version      BIGINT      PRIMARY KEY,
@@ -58,19 +69,30 @@ pub enum DownTarget {
 
 /// Reads the state without taking the lock or creating anything.
 pub async fn status(database_url: &str, catalog: &Catalog) -> Result<Status, MigrateError> {
-    let mut conn = PgConnection::connect(database_url).await?;
+    let mut conn = connect(database_url).await?;
     let result = read_status(&mut conn, catalog).await;
     close(conn).await;
     result
 }
 
 /// Applies pending migrations up to `target` (all when `None`); returns the ones it applied.
+/// Waits for another process's lock at most `DEFAULT_LOCK_WAIT`.
 pub async fn up(
     database_url: &str,
     catalog: &Catalog,
     target: Option<i64>,
 ) -> Result<Vec<Migration>, MigrateError> {
-    locked(database_url, async |conn| {
+    up_waiting(database_url, catalog, target, DEFAULT_LOCK_WAIT).await
+}
+
+/// `up`, waiting for another process's lock at most `lock_wait`.
+pub async fn up_waiting(
+    database_url: &str,
+    catalog: &Catalog,
+    target: Option<i64>,
+    lock_wait: Duration,
+) -> Result<Vec<Migration>, MigrateError> {
+    locked(database_url, lock_wait, async |conn| {
         let status = read_status(conn, catalog).await?;
         check_applied(&status, catalog)?;
         // Both lists are sorted: a pending migration below the newest applied one means two
@@ -108,7 +130,17 @@ pub async fn down(
     catalog: &Catalog,
     target: DownTarget,
 ) -> Result<Vec<Migration>, MigrateError> {
-    locked(database_url, async |conn| {
+    down_waiting(database_url, catalog, target, DEFAULT_LOCK_WAIT).await
+}
+
+/// `down`, waiting for another process's lock at most `lock_wait`.
+pub async fn down_waiting(
+    database_url: &str,
+    catalog: &Catalog,
+    target: DownTarget,
+    lock_wait: Duration,
+) -> Result<Vec<Migration>, MigrateError> {
+    locked(database_url, lock_wait, async |conn| {
         let status = read_status(conn, catalog).await?;
         check_applied(&status, catalog)?;
         let to_revert: Vec<&Applied> = match target {
@@ -151,7 +183,17 @@ pub async fn stamp(
     catalog: &Catalog,
     target: Option<i64>,
 ) -> Result<(), MigrateError> {
-    locked(database_url, async |conn| {
+    stamp_waiting(database_url, catalog, target, DEFAULT_LOCK_WAIT).await
+}
+
+/// `stamp`, waiting for another process's lock at most `lock_wait`.
+pub async fn stamp_waiting(
+    database_url: &str,
+    catalog: &Catalog,
+    target: Option<i64>,
+    lock_wait: Duration,
+) -> Result<(), MigrateError> {
+    locked(database_url, lock_wait, async |conn| {
         let mut tx = conn.begin().await?;
         sqlx::query("DELETE FROM gito_schema_migrations WHERE version > $1")
             .bind(target.unwrap_or(i64::MIN))
@@ -180,21 +222,12 @@ pub async fn stamp(
 /// Runs `f` on a fresh connection holding the migration lock; always closes the connection.
 async fn locked<T>(
     database_url: &str,
+    lock_wait: Duration,
     f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, MigrateError>,
 ) -> Result<T, MigrateError> {
-    let mut conn = PgConnection::connect(database_url).await?;
+    let mut conn = connect(database_url).await?;
     let result = async {
-        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(LOCK_KEY)
-            .fetch_one(&mut conn)
-            .await?;
-        if !acquired {
-            tracing::info!("another gito-api is migrating this database; waiting for its lock");
-            sqlx::query("SELECT pg_advisory_lock($1)")
-                .bind(LOCK_KEY)
-                .execute(&mut conn)
-                .await?;
-        }
+        lock(&mut conn, lock_wait).await?;
         sqlx::raw_sql(CREATE_TABLE).execute(&mut conn).await?;
         let result = f(&mut conn).await;
         sqlx::query("SELECT pg_advisory_unlock($1)")
@@ -206,6 +239,108 @@ async fn locked<T>(
     .await;
     close(conn).await;
     result
+}
+
+async fn connect(database_url: &str) -> Result<PgConnection, MigrateError> {
+    Ok(PgConnection::connect_with(&connect_options(database_url, APPLICATION_NAME)?).await?)
+}
+
+/// Takes the migration lock, polling while another process holds it (a blocking
+/// `pg_advisory_lock` could wait forever, behind a holder that may never come back), for at most
+/// `wait`; gives up naming the holder.
+async fn lock(conn: &mut PgConnection, wait: Duration) -> Result<(), MigrateError> {
+    let started = Instant::now();
+    let mut logged: Option<Instant> = None;
+    loop {
+        let acquired = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_lock($1) AS "acquired!""#,
+            LOCK_KEY
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if acquired {
+            if logged.is_some() {
+                tracing::info!(
+                    waited_ms = started.elapsed().as_millis(),
+                    "took the migration lock"
+                );
+            }
+            return Ok(());
+        }
+        if started.elapsed() >= wait {
+            return Err(MigrateError::LockWait {
+                waited: display_duration(wait),
+                key: LOCK_KEY,
+                holder: holder(conn).await?,
+            });
+        }
+        if logged.is_none_or(|at| at.elapsed() >= LOCK_LOG_EVERY) {
+            tracing::info!(
+                holder = holder(conn).await?,
+                waited_s = started.elapsed().as_secs(),
+                gives_up_after = display_duration(wait),
+                "another process holds the migration lock; waiting for it"
+            );
+            logged = Some(Instant::now());
+        }
+        tokio::time::sleep(LOCK_POLL.min(wait.saturating_sub(started.elapsed()))).await;
+    }
+}
+
+/// Who holds the migration lock, in words: pid, application, client, since when, doing what.
+async fn holder(conn: &mut PgConnection) -> Result<String, MigrateError> {
+    // A bigint advisory key is stored as its high and low 32 bits (classid, objid), objsubid 1.
+    let high = LOCK_KEY >> 32;
+    let low = LOCK_KEY & 0xffff_ffff;
+    let row = sqlx::query!(
+        r#"SELECT a.pid AS "pid!", a.usename::text AS usename, a.application_name,
+                  host(a.client_addr) AS client_addr, a.backend_start, a.state, a.state_change
+           FROM pg_locks l
+           JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+             AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND l.pid <> pg_backend_pid()
+           LIMIT 1"#,
+        high,
+        low
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(
+            "a session that has just released it, or one this database user cannot see".to_owned(),
+        );
+    };
+    let at = |t: Option<OffsetDateTime>| {
+        t.and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_else(|| "?".to_owned())
+    };
+    let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "?".to_owned());
+    Ok(format!(
+        "pid {} (application_name {:?}, user {}, client {}, connected at {}, state {:?} since {})",
+        row.pid,
+        or_unknown(row.application_name),
+        or_unknown(row.usename),
+        row.client_addr.unwrap_or_else(|| "local socket".to_owned()),
+        at(row.backend_start),
+        or_unknown(row.state),
+        at(row.state_change),
+    ))
+}
+
+/// `300ms`, `30s`, `5m`, `1h`: as GITO_MIGRATION_ADVISORY_LOCK_WAIT is written.
+fn display_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_millis() != 0 || secs == 0 {
+        format!("{}ms", d.as_millis())
+    } else if secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
 }
 
 async fn close(conn: PgConnection) {
@@ -330,5 +465,18 @@ fn failure(m: &Migration, file: String, error: sqlx::Error) -> MigrateError {
         name: m.name.clone(),
         file,
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_shown_as_they_are_configured() {
+        assert_eq!(display_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(display_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(display_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(display_duration(Duration::from_millis(1500)), "1500ms");
     }
 }

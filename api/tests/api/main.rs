@@ -9,6 +9,7 @@ mod errors;
 mod helpers;
 mod hierarchy;
 mod hostile;
+mod liveness;
 mod migrations;
 mod processor;
 mod supervision;
