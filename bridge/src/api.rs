@@ -62,6 +62,23 @@ impl DeviceResolver {
             .copied()
     }
 
+    /// Forgets a deleted device, so that its path's next message creates a new one. `true` if
+    /// it was cached.
+    pub fn forget(&self, device_id: Uuid, external_id: Option<&str>) -> bool {
+        let mut cache = self.cache.lock().expect("cache lock");
+        match external_id {
+            Some(external_id) if cache.get(external_id) == Some(&device_id) => {
+                cache.remove(external_id);
+                true
+            }
+            _ => {
+                let before = cache.len();
+                cache.retain(|_, id| *id != device_id);
+                cache.len() < before
+            }
+        }
+    }
+
     /// The device id for `mapped`, from the cache or the API.
     pub async fn resolve(&self, mapped: &Mapped, metrics: &Metrics) -> Result<Uuid, ResolveError> {
         if let Some(id) = self.cached(&mapped.external_id) {

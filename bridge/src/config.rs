@@ -113,6 +113,13 @@ pub struct BridgeConfig {
     /// Seconds between the counters' log lines.
     #[arg(long, env = "GITO_BRIDGE_STATS_INTERVAL_SECS", default_value_t = 60)]
     pub stats_interval_secs: u64,
+    /// Seconds the bridge keeps what the local broker acknowledged, to replay it if that broker
+    /// crashes: must exceed the local broker's `autosave_interval` (5 s as shipped).
+    #[arg(long, env = "GITO_BRIDGE_REPLAY_WINDOW_SECS", default_value_t = 15)]
+    pub replay_window_secs: u64,
+    /// Memory the replay window may use; past it the oldest entries leave early (logged).
+    #[arg(long, env = "GITO_BRIDGE_REPLAY_MAX_BYTES", default_value_t = 64 << 20)]
+    pub replay_max_bytes: usize,
 }
 
 impl BridgeConfig {

@@ -65,17 +65,22 @@ pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
             if let Some(id) = device_id {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    delivery = ctx.republish(id, record) => deliveries.push(delivery),
+                    (delivery, payload) = ctx.republish(id, record) => deliveries.push((id, delivery, payload)),
                 }
             }
         }
         let mut delivered = true;
-        for delivery in deliveries {
+        for (id, delivery, payload) in deliveries {
             tokio::select! {
                 () = stop.cancelled() => return,
-                // Cancelled only if the forwarder spilled meanwhile, which it does not while the
-                // spool is active; the batch is then simply republished again.
-                result = delivery => delivered &= result.is_ok(),
+                // Cancelled when the forwarder spilled meanwhile (the local connection was
+                // lost): the batch is then simply republished again.
+                result = delivery => {
+                    if result.is_ok() {
+                        ctx.delivered(id, payload);
+                    }
+                    delivered &= result.is_ok();
+                }
             }
         }
         if !delivered {

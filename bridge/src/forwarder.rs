@@ -1,7 +1,10 @@
 //! The ordered path from the external broker to the local one.
 //!
-//! Direct mode: each message is mapped, its device found (cache or API), republished, and acked
-//! to the external broker once the local broker acknowledged it. When that cannot proceed (the
+//! Every message is first given its identity (`identity`: the stamp of its first receipt, kept
+//! across redeliveries and restarts). Direct mode: each message is mapped, its device found (cache
+//! or API), republished, and acked to the external broker once the local broker acknowledged it;
+//! the local broker's acknowledgements of the last seconds stay in the replay window (`replay`),
+//! moved to the spool when the connection to it is lost. When that cannot proceed (the
 //! API is down for a new device, the local broker is down), everything not yet acknowledged is
 //! written to the spool in arrival order and acked, and every later message is appended behind
 //! it: the external broker keeps delivering, order per device is kept, and nothing acked is only
@@ -9,10 +12,11 @@
 //! the spool is empty.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gito_runtime::Backoff;
 use gito_runtime::mqtt::Ack;
 use gito_wire::{Envelope, TelemetryTopic};
 use rumqttc::Publish;
@@ -21,10 +25,12 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::api::{DeviceResolver, ResolveError};
+use crate::identity::{Identity, Receipts, fingerprint};
 use crate::local::{Delivery, LocalPublisher};
 use crate::mapping::{Mapping, Unmapped};
 use crate::metrics::{DropReason, Metrics};
 use crate::payload::{self, Rejected};
+use crate::replay::ReplayWindow;
 use crate::spool::{Record, SpoolHandle};
 
 /// How long the local broker may be unreachable before waiting messages go to the spool.
@@ -44,6 +50,8 @@ pub struct Context {
     pub spool: Arc<SpoolHandle>,
     /// To the acker task, in the order messages were received.
     pub acks: mpsc::UnboundedSender<Ack>,
+    /// What the local broker acknowledged lately (the forwarder's and the drainer's).
+    pub replay: Mutex<ReplayWindow>,
 
     pub metrics: Arc<Metrics>,
 }
@@ -51,6 +59,8 @@ pub struct Context {
 /// A message republished and not yet acknowledged by the local broker.
 struct Inflight {
     record: Record,
+    device_id: Uuid,
+    payload: Bytes,
     ack: Ack,
     sent_at: Instant,
     delivery: Delivery,
@@ -62,8 +72,9 @@ impl Context {
         let _ = self.acks.send(ack);
     }
 
-    /// Maps and parses a message; `None` when it is skipped (counted and logged).
-    fn prepare(&self, publish: &Publish) -> Option<Record> {
+    /// Maps and parses a message stamped `received`; `None` when it is skipped (counted and
+    /// logged).
+    fn prepare(&self, publish: &Publish, received: OffsetDateTime) -> Option<Record> {
         let topic = publish.topic.as_str();
         let (mapped, _) = match self.mapping.map(topic) {
             Ok(found) => found,
@@ -86,7 +97,7 @@ impl Context {
         };
         Some(Record {
             envelope: Envelope {
-                ts: reading.ts.unwrap_or_else(OffsetDateTime::now_utc),
+                ts: reading.ts.unwrap_or(received),
                 source_topic: topic.to_owned(),
                 metrics: reading.metrics,
             },
@@ -102,14 +113,26 @@ impl Context {
         tracing::warn!(reason = reason.as_str(), topic, "message skipped");
     }
 
-    pub(crate) async fn republish(&self, device_id: Uuid, record: &Record) -> Delivery {
+    /// Publishes to the local broker; the payload is kept for the replay window.
+    pub(crate) async fn republish(&self, device_id: Uuid, record: &Record) -> (Delivery, Bytes) {
         let topic = TelemetryTopic {
             tenant_id: self.tenant_id,
             device_id,
         };
-        self.publisher
-            .publish(topic.to_string(), Bytes::from(record.envelope.to_json()))
-            .await
+        let payload = Bytes::from(record.envelope.to_json());
+        let delivery = self
+            .publisher
+            .publish(topic.to_string(), payload.clone())
+            .await;
+        (delivery, payload)
+    }
+
+    /// The local broker acknowledged this: keep it in the replay window.
+    pub(crate) fn delivered(&self, device_id: Uuid, payload: Bytes) {
+        self.replay
+            .lock()
+            .expect("replay lock")
+            .delivered(device_id, payload);
     }
 }
 
@@ -127,44 +150,41 @@ fn drop_reason(rejected: Rejected) -> DropReason {
 pub async fn forward(
     ctx: Arc<Context>,
     mut incoming: mpsc::Receiver<Publish>,
+    receipts: Arc<Mutex<Receipts>>,
     drain_deadline: Duration,
 ) {
-    let mut inflight: VecDeque<Inflight> = VecDeque::new();
+    let mut forwarder = Forwarder {
+        losses_seen: ctx.publisher.losses(),
+        ctx,
+        inflight: VecDeque::new(),
+        receipts,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            delivered = head(&mut inflight), if !inflight.is_empty() => {
-                let done = inflight.pop_front().expect("head exists");
-                if delivered.is_ok() {
-                    ctx.ack(done.ack);
-                }
+            delivered = head(&mut forwarder.inflight), if !forwarder.inflight.is_empty() => {
+                forwarder.head_delivered(delivered.is_ok());
             }
             message = incoming.recv() => match message {
-                Some(publish) => handle(&ctx, publish, &mut incoming, &mut inflight).await,
+                Some(publish) => forwarder.handle(publish, &mut incoming).await,
                 None => break,
             },
-            _ = tick.tick() => {
-                if stuck(&ctx, &inflight) {
-                    spill(&ctx, &mut inflight, Vec::new(), "local broker unavailable").await;
-                }
-            }
+            _ = tick.tick() => forwarder.check_local(&incoming).await,
         }
     }
     let deadline = tokio::time::sleep(drain_deadline);
     tokio::pin!(deadline);
-    while !inflight.is_empty() {
+    while !forwarder.inflight.is_empty() {
         tokio::select! {
-            delivered = head(&mut inflight) => {
-                let done = inflight.pop_front().expect("head exists");
-                if delivered.is_ok() {
-                    ctx.ack(done.ack);
-                }
-            }
+            delivered = head(&mut forwarder.inflight) => forwarder.head_delivered(delivered.is_ok()),
             () = &mut deadline => {
-                tracing::warn!(unacked = inflight.len(), "shutdown: leaving unacknowledged messages to the external broker's redelivery");
+                tracing::warn!(unacked = forwarder.inflight.len(), "shutdown: leaving unacknowledged messages to the external broker's redelivery");
                 break;
             }
         }
+    }
+    if let Err(e) = forwarder.receipts.lock().expect("receipts lock").flush() {
+        tracing::warn!(error = %e, "cannot write the receipts journal at shutdown");
     }
 }
 
@@ -174,114 +194,266 @@ async fn head(
     (&mut inflight.front_mut().expect("guarded by !is_empty").delivery).await
 }
 
-fn stuck(ctx: &Context, inflight: &VecDeque<Inflight>) -> bool {
-    inflight.front().is_some_and(|head| {
-        let waited = head.sent_at.elapsed();
-        (waited >= SPILL_AFTER && ctx.publisher.down_for() >= SPILL_AFTER) || waited >= STUCK_AFTER
-    })
+/// The forwarder task's own state.
+struct Forwarder {
+    ctx: Arc<Context>,
+    inflight: VecDeque<Inflight>,
+    /// Shared with the external connection, which marks what its acks went out for.
+    receipts: Arc<Mutex<Receipts>>,
+    /// Local connection losses already answered by moving the replay window to the spool.
+    losses_seen: u64,
 }
 
-async fn handle(
-    ctx: &Arc<Context>,
-    publish: Publish,
-    incoming: &mut mpsc::Receiver<Publish>,
-    inflight: &mut VecDeque<Inflight>,
-) {
-    let ack = Ack::of(&publish);
-    let Some(mut record) = ctx.prepare(&publish) else {
-        ctx.ack(ack);
-        return;
-    };
-    if ctx.spool.is_active() {
-        // Behind the spool: append this one and whatever else is already waiting, with one fsync.
-        let mut batch = vec![(record, ack)];
-        while batch.len() < SPOOL_BATCH {
-            let Ok(next) = incoming.try_recv() else { break };
-            let next_ack = Ack::of(&next);
-            match ctx.prepare(&next) {
-                Some(r) => batch.push((r, next_ack)),
-                None => ctx.ack(next_ack),
+impl Forwarder {
+    fn ack(&mut self, ack: Ack) {
+        self.ctx.ack(ack);
+    }
+
+    fn head_delivered(&mut self, delivered: bool) {
+        let done = self.inflight.pop_front().expect("head exists");
+        if delivered {
+            self.ctx.delivered(done.device_id, done.payload);
+            self.ack(done.ack);
+        }
+    }
+
+    /// Gives the message its identity, then maps and parses it; skipped ones are acked here.
+    fn prepare(&mut self, publish: &Publish) -> Option<(Record, Ack)> {
+        let ack = Ack::of(publish);
+        let print = fingerprint(&publish.topic, &publish.payload);
+        let (received, identity) =
+            self.receipts
+                .lock()
+                .expect("receipts lock")
+                .stamp(publish.pkid, publish.dup, print);
+        match identity {
+            Identity::New => {}
+            Identity::Recognized => Metrics::add(&self.ctx.metrics.redeliveries_recognized, 1),
+            Identity::Ambiguous => {
+                Metrics::add(&self.ctx.metrics.ambiguous_redeliveries, 1);
+                tracing::warn!(
+                    topic = publish.topic,
+                    pkid = publish.pkid,
+                    "a redelivery after our ack went out, with the same bytes as the acknowledged message: stored as new (it may be stored twice)"
+                );
             }
         }
-        spool_and_ack(ctx, batch).await;
-        return;
+        let record = self.ctx.prepare(publish, received);
+        if record.is_none() {
+            self.ack(ack);
+        }
+        record.map(|r| (r, ack))
     }
-    let device_id = match ctx.resolver.resolve(&record.mapped(), &ctx.metrics).await {
-        Ok(id) => id,
-        Err(ResolveError::Rejected { status, body }) => {
-            ctx.metrics.dropped(DropReason::ApiRejected, 1);
-            tracing::error!(%status, body, external_id = record.external_id, "the API refused the device; message dropped");
-            ctx.ack(ack);
+
+    async fn handle(&mut self, publish: Publish, incoming: &mut mpsc::Receiver<Publish>) {
+        let Some((mut record, ack)) = self.prepare(&publish) else {
+            return;
+        };
+        let ctx = self.ctx.clone();
+        if ctx.spool.is_active() {
+            // Behind the spool: append this one and whatever else is already waiting, with one
+            // fsync.
+            let mut batch = vec![(record, ack)];
+            while batch.len() < SPOOL_BATCH {
+                let Ok(next) = incoming.try_recv() else { break };
+                if let Some(prepared) = self.prepare(&next) {
+                    batch.push(prepared);
+                }
+            }
+            self.spool_and_ack(Vec::new(), batch, incoming).await;
             return;
         }
-        Err(ResolveError::Unavailable(why)) => {
-            let reason = format!("gito-api unavailable: {why}");
-            spill(ctx, inflight, vec![(record, ack)], &reason).await;
-            return;
-        }
-    };
-    record.device_id = Some(device_id);
-    if ctx.publisher.down_for() >= SPILL_AFTER {
-        spill(
-            ctx,
-            inflight,
-            vec![(record, ack)],
-            "local broker unavailable",
-        )
-        .await;
-        return;
-    }
-    match tokio::time::timeout(SPILL_AFTER, ctx.republish(device_id, &record)).await {
-        Ok(delivery) => inflight.push_back(Inflight {
-            record,
-            ack,
-            sent_at: Instant::now(),
-            delivery,
-        }),
-        Err(_) => {
-            spill(
-                ctx,
-                inflight,
+        let device_id = match ctx.resolver.resolve(&record.mapped(), &ctx.metrics).await {
+            Ok(id) => id,
+            Err(ResolveError::Rejected { status, body }) => {
+                ctx.metrics.dropped(DropReason::ApiRejected, 1);
+                tracing::error!(%status, body, external_id = record.external_id, "the API refused the device; message dropped");
+                self.ack(ack);
+                return;
+            }
+            Err(ResolveError::Unavailable(why)) => {
+                let reason = format!("gito-api unavailable: {why}");
+                self.spill(Vec::new(), vec![(record, ack)], &reason, incoming)
+                    .await;
+                return;
+            }
+        };
+        record.device_id = Some(device_id);
+        if ctx.publisher.down_for() >= SPILL_AFTER {
+            self.spill(
+                Vec::new(),
                 vec![(record, ack)],
-                "local broker not keeping up",
+                "local broker unavailable",
+                incoming,
             )
-            .await
+            .await;
+            return;
         }
+        // Its identity is journaled before it can reach the local broker.
+        if !self.journal(incoming).await {
+            return;
+        }
+        match tokio::time::timeout(SPILL_AFTER, ctx.republish(device_id, &record)).await {
+            Ok((delivery, payload)) => self.inflight.push_back(Inflight {
+                record,
+                device_id,
+                payload,
+                ack,
+                sent_at: Instant::now(),
+                delivery,
+            }),
+            Err(_) => {
+                self.spill(
+                    Vec::new(),
+                    vec![(record, ack)],
+                    "local broker not keeping up",
+                    incoming,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Every tick: a lost local connection moves the replay window (and everything in flight)
+    /// to the spool; a message stuck unacknowledged does the same.
+    async fn check_local(&mut self, incoming: &mpsc::Receiver<Publish>) {
+        let losses = self.ctx.publisher.losses();
+        if losses != self.losses_seen {
+            self.losses_seen = losses;
+            let window: Vec<Record> = {
+                let mut replay = self.ctx.replay.lock().expect("replay lock");
+                if replay.truncated > 0 {
+                    tracing::warn!(
+                        truncated = replay.truncated,
+                        "the replay window was cut short by GITO_BRIDGE_REPLAY_MAX_BYTES"
+                    );
+                    replay.truncated = 0;
+                }
+                replay.take()
+            }
+            .into_iter()
+            .filter_map(|d| replayed(d.device_id, &d.payload))
+            .collect();
+            if !window.is_empty() || !self.inflight.is_empty() {
+                tracing::warn!(
+                    replayed = window.len(),
+                    "local broker connection lost: replaying what it acknowledged lately, in case it crashed"
+                );
+                Metrics::add(&self.ctx.metrics.replayed, window.len() as u64);
+                self.spill(window, Vec::new(), "local broker connection lost", incoming)
+                    .await;
+            }
+            return;
+        }
+        if self.stuck() {
+            self.spill(Vec::new(), Vec::new(), "local broker unavailable", incoming)
+                .await;
+        }
+    }
+
+    fn stuck(&self) -> bool {
+        self.inflight.front().is_some_and(|head| {
+            let waited = head.sent_at.elapsed();
+            (waited >= SPILL_AFTER && self.ctx.publisher.down_for() >= SPILL_AFTER)
+                || waited >= STUCK_AFTER
+        })
+    }
+
+    /// Moves `replay` (already acknowledged upstream), everything unacknowledged, then `more`
+    /// into the spool, in that order, and acks what was not acked yet.
+    async fn spill(
+        &mut self,
+        replay: Vec<Record>,
+        more: Vec<(Record, Ack)>,
+        reason: &str,
+        incoming: &mpsc::Receiver<Publish>,
+    ) {
+        // Acknowledged meanwhile: done, not spooled again.
+        while let Some(head) = self.inflight.front_mut() {
+            match head.delivery.try_recv() {
+                Ok(()) => self.head_delivered(true),
+                Err(_) => break,
+            }
+        }
+        self.ctx.publisher.cancel_all();
+        let mut batch: Vec<(Record, Ack)> =
+            self.inflight.drain(..).map(|i| (i.record, i.ack)).collect();
+        batch.extend(more);
+        tracing::warn!(
+            reason,
+            messages = batch.len() + replay.len(),
+            "spooling to disk until it recovers"
+        );
+        self.spool_and_ack(replay, batch, incoming).await;
+    }
+
+    /// Appends `replay` and `batch` to the spool, then acks `batch`. A write that fails (a full
+    /// disk, an I/O error) was rolled back by the spool; it is retried until it succeeds, with
+    /// the messages unacknowledged meanwhile — the external broker holds back the rest, nothing
+    /// overtakes them — or until shutdown, which leaves them to the broker's redelivery.
+    async fn spool_and_ack(
+        &mut self,
+        replay: Vec<Record>,
+        batch: Vec<(Record, Ack)>,
+        incoming: &mpsc::Receiver<Publish>,
+    ) {
+        let (records, acks): (Vec<Record>, Vec<Ack>) = batch.into_iter().unzip();
+        let records: Arc<Vec<Record>> = Arc::new(replay.into_iter().chain(records).collect());
+        if !self.journal(incoming).await {
+            return;
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut failures = 0u64;
+        loop {
+            match self.ctx.spool.append(records.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::error!(error = %e, messages = acks.len(), "cannot write the spool; holding the messages unacknowledged and retrying");
+                    }
+                    failures += 1;
+                    if incoming.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+        if failures > 0 {
+            tracing::info!(failures, "the spool is writable again");
+        }
+        acks.into_iter().for_each(|ack| self.ack(ack));
+    }
+
+    /// Writes the identities handed out so far to the receipts journal, retrying like the spool;
+    /// `false` at shutdown.
+    async fn journal(&mut self, incoming: &mpsc::Receiver<Publish>) -> bool {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut failures = 0u64;
+        loop {
+            let flushed = self.receipts.lock().expect("receipts lock").flush();
+            let Err(e) = flushed else { break };
+            if failures == 0 {
+                tracing::error!(error = %e, "cannot write the receipts journal; holding messages until it can");
+            }
+            failures += 1;
+            if incoming.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        true
     }
 }
 
-/// Moves everything unacknowledged, then `more`, into the spool and acks it all.
-async fn spill(
-    ctx: &Arc<Context>,
-    inflight: &mut VecDeque<Inflight>,
-    more: Vec<(Record, Ack)>,
-    reason: &str,
-) {
-    // Acknowledged meanwhile: done, not spooled again.
-    while let Some(head) = inflight.front_mut() {
-        match head.delivery.try_recv() {
-            Ok(()) => ctx.ack(inflight.pop_front().expect("head exists").ack),
-            Err(_) => break,
-        }
-    }
-    ctx.publisher.cancel_all();
-    let mut batch: Vec<(Record, Ack)> = inflight.drain(..).map(|i| (i.record, i.ack)).collect();
-    batch.extend(more);
-    tracing::warn!(
-        reason,
-        messages = batch.len(),
-        "spooling to disk until it recovers"
-    );
-    spool_and_ack(ctx, batch).await;
-}
-
-async fn spool_and_ack(ctx: &Arc<Context>, batch: Vec<(Record, Ack)>) {
-    let (records, acks): (Vec<Record>, Vec<Ack>) = batch.into_iter().unzip();
-    match ctx.spool.append(records).await {
-        Ok(()) => acks.into_iter().for_each(|ack| ctx.ack(ack)),
-        // Not acked: the external broker keeps them and redelivers after a restart.
-        Err(e) => {
-            tracing::error!(error = %e, messages = acks.len(), "cannot write the spool; messages left unacknowledged")
-        }
-    }
+/// A replayed message as a spool record: its device is known, its envelope is the one published.
+fn replayed(device_id: Uuid, payload: &[u8]) -> Option<Record> {
+    let envelope = Envelope::from_json(payload).ok()?;
+    Some(Record {
+        external_id: String::new(),
+        name: String::new(),
+        device_type: None,
+        device_id: Some(device_id),
+        envelope,
+    })
 }

@@ -9,28 +9,33 @@ pub mod config;
 pub mod drain;
 pub mod external;
 pub mod forwarder;
+pub mod identity;
 pub mod local;
 pub mod mapping;
 pub mod metrics;
 pub mod payload;
+pub mod replay;
 pub mod simulate;
 pub mod spool;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::routing::get;
 use gito_runtime::{Supervisor, mqtt};
+use gito_wire::{DeviceEvent, DeviceEventsTopic};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::DeviceResolver;
 use crate::config::BridgeConfig;
 use crate::forwarder::Context;
-use crate::local::LocalPublisher;
+use crate::identity::Receipts;
+use crate::local::{LocalPublisher, Subscription};
 use crate::mapping::Mapping;
 use crate::metrics::Metrics;
+use crate::replay::ReplayWindow;
 use crate::spool::{Spool, SpoolHandle};
 
 /// Messages the local publisher keeps unacknowledged at most.
@@ -81,13 +86,33 @@ pub async fn run_with_metrics(
         None => None,
     };
 
+    let receipts = Receipts::open(&config.spool_dir).with_context(|| {
+        format!(
+            "opening the receipts journal in {}",
+            config.spool_dir.display()
+        )
+    })?;
+    let receipts = Arc::new(Mutex::new(receipts));
     let local_options = config.local_mqtt_url.options(&format!("{client_id}-local"));
-    let (publisher, local) = LocalPublisher::start(local_options, LOCAL_INFLIGHT, metrics.clone());
+    let (device_events_tx, device_events) = tokio::sync::mpsc::unbounded_channel();
+    let (publisher, local) = LocalPublisher::start(
+        local_options,
+        LOCAL_INFLIGHT,
+        metrics.clone(),
+        Some(Subscription {
+            filter: DeviceEventsTopic {
+                tenant_id: config.tenant_id,
+            }
+            .to_string(),
+            messages: device_events_tx,
+        }),
+    );
     let intake = CancellationToken::new();
     let external = external::start(
         config.external_mqtt_url.options(&client_id),
         config.topics.clone(),
         metrics.clone(),
+        receipts.clone(),
         intake.clone(),
     );
     let (acks_tx, acks_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -99,12 +124,16 @@ pub async fn run_with_metrics(
         publisher: publisher.clone(),
         spool: SpoolHandle::new(spool, metrics.clone()),
         acks: acks_tx,
+        replay: Mutex::new(ReplayWindow::new(
+            Duration::from_secs(config.replay_window_secs),
+            config.replay_max_bytes,
+        )),
         metrics: metrics.clone(),
     });
 
     let mut tasks = Supervisor::new();
     tasks.spawn("forwarder", |stop| {
-        let forward = forwarder::forward(ctx.clone(), external.messages, DRAIN_DEADLINE);
+        let forward = forwarder::forward(ctx.clone(), external.messages, receipts, DRAIN_DEADLINE);
         async move {
             tokio::pin!(forward);
             tokio::select! {
@@ -123,6 +152,9 @@ pub async fn run_with_metrics(
             drained.await;
             Ok(())
         }
+    });
+    tasks.spawn("device events", |stop| {
+        forget_deleted_devices(ctx.clone(), device_events, stop)
     });
     // The forwarder and the drainer hold the only other senders of acks now.
     drop(ctx);
@@ -178,6 +210,38 @@ async fn until_disconnected(
     })
     .await;
     Ok(())
+}
+
+/// Forgets each device gito-api announces as deleted, so that its path's next message creates a
+/// new (unassigned) device instead of going to an id that no longer exists.
+async fn forget_deleted_devices(
+    ctx: Arc<Context>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let publish = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            next = events.recv() => match next {
+                Some(publish) => publish,
+                None => return Ok(()),
+            },
+        };
+        match DeviceEvent::from_json(&publish.payload) {
+            Ok(DeviceEvent::DeviceDeleted {
+                tenant_id,
+                device_id,
+                external_id,
+            }) if tenant_id == ctx.tenant_id => {
+                if ctx.resolver.forget(device_id, external_id.as_deref()) {
+                    Metrics::add(&ctx.metrics.devices_forgotten, 1);
+                    tracing::info!(%device_id, external_id, "device deleted: its path will create a new device");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, topic = publish.topic, "unreadable device event"),
+        }
+    }
 }
 
 async fn log_stats(

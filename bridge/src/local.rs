@@ -11,11 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use gito_runtime::Backoff;
+
+/// A filter the local connection subscribes to, and where its messages go.
+pub struct Subscription {
+    pub filter: String,
+    pub messages: mpsc::UnboundedSender<Publish>,
+}
 
 /// Resolves when the broker acknowledged the message; errors when it was cancelled.
 pub type Delivery = oneshot::Receiver<()>;
@@ -32,6 +38,9 @@ struct Shared {
     generation: u64,
     /// Since when no connection was up (from the start, until the first connection).
     down_since: Option<Instant>,
+    /// Connections lost so far: each loss may have been the broker's crash, which loses what it
+    /// had not saved yet (the forwarder then replays its window).
+    losses: u64,
     next_seq: u64,
     unacked: BTreeMap<u64, Entry>,
     /// Handed to the current client, not yet given a packet id, in channel order.
@@ -49,16 +58,22 @@ struct Entry {
 impl LocalPublisher {
     /// The publisher, and the connection to poll (until the disconnect went out; dropping it
     /// drops the connection). At most `capacity` messages are unacknowledged at once.
+    ///
+    /// With `subscription`, the connection also subscribes to that filter (QoS 1, in a session
+    /// the broker keeps while we are away) and hands what arrives to its sender.
     pub fn start(
-        options: MqttOptions,
+        mut options: MqttOptions,
         capacity: usize,
         metrics: Arc<Metrics>,
+        subscription: Option<Subscription>,
     ) -> (LocalPublisher, impl Future<Output = ()> + Send + 'static) {
+        options.set_clean_session(subscription.is_none());
         let (client, eventloop) = connect(&options, capacity);
         let shared = Arc::new(Mutex::new(Shared {
             client,
             generation: 0,
             down_since: Some(Instant::now()),
+            losses: 0,
             next_seq: 0,
             unacked: BTreeMap::new(),
             awaiting_pkid: VecDeque::new(),
@@ -68,7 +83,10 @@ impl LocalPublisher {
             shared: shared.clone(),
             permits: Arc::new(Semaphore::new(capacity)),
         };
-        let connection = drive(eventloop, options, capacity, shared, metrics);
+        let (filter, events) = subscription.map(|s| (s.filter, s.messages)).unzip();
+        let connection = drive(
+            eventloop, options, capacity, shared, metrics, filter, events,
+        );
         (publisher, connection)
     }
 
@@ -104,6 +122,11 @@ impl LocalPublisher {
         shared
             .down_since
             .map_or(Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// How many times the connection was lost so far.
+    pub fn losses(&self) -> u64 {
+        self.shared.lock().expect("publisher lock").losses
     }
 
     pub fn unacked(&self) -> usize {
@@ -144,6 +167,8 @@ async fn drive(
     capacity: usize,
     shared: Arc<Mutex<Shared>>,
     metrics: Arc<Metrics>,
+    subscription: Option<String>,
+    events: Option<mpsc::UnboundedSender<Publish>>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut generation = 0;
@@ -154,8 +179,11 @@ async fn drive(
             let stale = guard.generation != generation;
             match &event {
                 _ if stale => {}
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     guard.down_since = None;
+                    if let (Some(filter), false) = (&subscription, ack.session_present) {
+                        let _ = guard.client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                    }
                     Metrics::set(&metrics.local_connected, true);
 
                     backoff.reset();
@@ -174,8 +202,16 @@ async fn drive(
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if let Some(events) = &events {
+                        let _ = events.send(publish.clone());
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
+                    if guard.down_since.is_none() {
+                        guard.losses += 1;
+                    }
                     guard.down_since.get_or_insert_with(Instant::now);
                     Metrics::set(&metrics.local_connected, false);
                     Metrics::add(&metrics.broker_errors, 1);

@@ -55,6 +55,16 @@ pub struct Metrics {
     pub spooled: AtomicU64,
     pub api_errors: AtomicU64,
     pub broker_errors: AtomicU64,
+    /// Messages moved from the replay window back into the spool after a local connection loss.
+    pub replayed: AtomicU64,
+    /// Times the external broker answered without our session after an absence.
+    pub upstream_sessions_lost: AtomicU64,
+    /// Deleted devices whose path the bridge forgot on the API's word.
+    pub devices_forgotten: AtomicU64,
+    /// Redeliveries recognized as such (they keep their first identity).
+    pub redeliveries_recognized: AtomicU64,
+    /// Redeliveries that could not be told from new messages (docs/BRIDGE.md).
+    pub ambiguous_redeliveries: AtomicU64,
     /// Connected to the external broker with our subscriptions in place.
     pub external_connected: AtomicBool,
     pub local_connected: AtomicBool,
@@ -82,7 +92,7 @@ impl Metrics {
         self.dropped[reason as usize].load(Ordering::Relaxed)
     }
 
-    fn counters(&self) -> [(&'static str, &'static str, u64); 6] {
+    fn counters(&self) -> [(&'static str, &'static str, u64); 11] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             (
@@ -114,6 +124,31 @@ impl Metrics {
                 "broker_errors",
                 "Connection errors with either broker",
                 get(&self.broker_errors),
+            ),
+            (
+                "replayed",
+                "Messages replayed from the replay window after a local connection loss",
+                get(&self.replayed),
+            ),
+            (
+                "upstream_sessions_lost",
+                "Reconnects where the external broker no longer had our session",
+                get(&self.upstream_sessions_lost),
+            ),
+            (
+                "devices_forgotten",
+                "Deleted devices whose path the bridge forgot",
+                get(&self.devices_forgotten),
+            ),
+            (
+                "redeliveries_recognized",
+                "Redelivered messages that kept the identity of their first receipt",
+                get(&self.redeliveries_recognized),
+            ),
+            (
+                "ambiguous_redeliveries",
+                "Redeliveries that could not be told from new messages (possibly stored twice)",
+                get(&self.ambiguous_redeliveries),
             ),
         ]
     }

@@ -110,6 +110,11 @@ impl Ack {
             qos: publish.qos,
         }
     }
+
+    /// The packet id being acknowledged (free for the broker's next message afterwards).
+    pub fn pkid(&self) -> u16 {
+        self.pkid
+    }
 }
 
 /// Sends acks in the order they were queued, waiting for room in the client's channel rather
@@ -137,6 +142,8 @@ pub enum Status<'a> {
     SubscriptionRefused,
     /// A message, about to be handed over.
     Received,
+    /// Our acknowledgement of the message with this packet id went out on the connection.
+    AckSent(u16),
     /// The connection failed; it is retried with backoff unless the caller breaks.
     Lost(&'a ConnectionError),
 }
@@ -190,6 +197,7 @@ pub async fn receive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(_))) => Status::Received,
+            Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => Status::AckSent(*pkid),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
             Ok(_) => continue,
             Err(e) => Status::Lost(e),

@@ -38,7 +38,7 @@ pub async fn receive(
                 ));
             }
             Status::Lost(e) => tracing::warn!(error = %e, "processor lost the broker; reconnecting"),
-            Status::Subscribed | Status::Received => {}
+            Status::Subscribed | Status::Received | Status::AckSent(_) => {}
         }
         ControlFlow::Continue(())
     })

@@ -34,6 +34,9 @@ pub struct Spool {
     total_bytes: u64,
     /// Records in the spool, counted on open and kept up to date.
     records: u64,
+    /// The fault seam of the tests: the next append writes this many bytes, then fails with EIO.
+    #[cfg(test)]
+    fail_after: Option<usize>,
 }
 
 impl Spool {
@@ -82,6 +85,8 @@ impl Spool {
             cursor,
             total_bytes: 0,
             records: 0,
+            #[cfg(test)]
+            fail_after: None,
         };
         spool.total_bytes = spool.segments.iter().map(|s| spool.segment_len(*s)).sum();
         spool.records = spool.count_from(cursor)?;
@@ -109,8 +114,14 @@ impl Spool {
         if self.write_len > 0 && self.write_len + buffer.len() as u64 > self.segment_bytes {
             self.rotate()?;
         }
-        self.write.write_all(&buffer)?;
-        self.write.sync_data()?;
+        if let Err(e) = self.write_synced(&buffer) {
+            // Cut off whatever part of the batch reached the file (ENOSPC and EIO can leave a
+            // torn record), so that the next append lands right behind the last good record
+            // and a read never stops short of records written after the tear.
+            self.write.set_len(self.write_len)?;
+            self.write.sync_data()?;
+            return Err(e);
+        }
         self.write_len += buffer.len() as u64;
         self.total_bytes += buffer.len() as u64;
         self.records += records.len() as u64;
@@ -119,6 +130,17 @@ impl Spool {
             dropped += self.drop_oldest()?;
         }
         Ok(dropped)
+    }
+
+    fn write_synced(&mut self, buffer: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(budget) = self.fail_after.take() {
+            let cut = budget.min(buffer.len());
+            self.write.write_all(&buffer[..cut])?;
+            return Err(io::Error::from_raw_os_error(5)); // EIO, after a partial write
+        }
+        self.write.write_all(buffer)?;
+        self.write.sync_data()
     }
 
     /// Up to `max` records from the cursor on, and the position after them.
@@ -160,8 +182,24 @@ impl Spool {
         }
         self.cursor = position;
         self.records = self.records.saturating_sub(records);
-        write_cursor(&self.dir, position)?;
-        while self.segments.len() > 1 && self.segments[0] < position.segment {
+        let last = *self.segments.last().expect("at least one segment");
+        if self.records == 0
+            && position
+                == (Position {
+                    segment: last,
+                    offset: self.write_len,
+                })
+        {
+            // Fully republished: start an empty segment, so that the space of the old one comes
+            // back (on a full disk, nothing else would free it).
+            self.rotate()?;
+            self.cursor = Position {
+                segment: last + 1,
+                offset: 0,
+            };
+        }
+        write_cursor(&self.dir, self.cursor)?;
+        while self.segments.len() > 1 && self.segments[0] < self.cursor.segment {
             let old = self.segments.remove(0);
             self.total_bytes -= self.segment_len(old);
             fs::remove_file(segment_path(&self.dir, old))?;
@@ -363,6 +401,56 @@ mod tests {
             ids(&spool.read(10).expect("read").0),
             ["dev/0", "dev/1", "dev/2"]
         );
+    }
+
+    #[test]
+    fn a_failed_append_is_rolled_back_and_later_records_stay_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
+        spool.append(&[record(0)]).expect("append");
+        let good = spool.write_len;
+        spool.fail_after = Some(13);
+        let failed = spool.append(&[record(1), record(2)]);
+        assert_eq!(failed.map_err(|e| e.raw_os_error()), Err(Some(5)));
+        assert_eq!(spool.len(), 1, "nothing of the failed batch is counted");
+        assert_eq!(
+            fs::metadata(segment_path(dir.path(), 0))
+                .expect("segment")
+                .len(),
+            good,
+            "the torn bytes are cut off"
+        );
+        spool.append(&[record(1), record(2)]).expect("the retry");
+        spool.append(&[record(3)]).expect("append");
+        assert_eq!(
+            ids(&spool.read(10).expect("read").0),
+            ["dev/0", "dev/1", "dev/2", "dev/3"]
+        );
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(spool.len(), 4, "reopening finds every acknowledged record");
+    }
+
+    #[test]
+    fn a_drained_spool_gives_its_space_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path(), 1 << 30).expect("open");
+        spool
+            .append(&(0..50).map(record).collect::<Vec<_>>())
+            .expect("append");
+        let (all, position) = spool.read(100).expect("read");
+        spool.commit(position, all.len() as u64).expect("commit");
+        let on_disk: u64 = fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .map(|e| e.metadata().expect("metadata").len())
+            .sum();
+        assert_eq!(on_disk, 0, "the drained segment is gone");
+        spool.append(&[record(50)]).expect("append");
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 30).expect("reopen");
+        assert_eq!(ids(&spool.read(10).expect("read").0), ["dev/50"]);
     }
 
     #[test]

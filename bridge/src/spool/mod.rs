@@ -43,7 +43,8 @@ impl SpoolHandle {
     }
 
     /// Appends and fsyncs, then turns spooling on; afterwards the messages may be acked.
-    pub async fn append(self: &Arc<Self>, records: Vec<Record>) -> std::io::Result<()> {
+    /// A failed append leaves nothing behind (the log rolls back), so it can simply be retried.
+    pub async fn append(self: &Arc<Self>, records: Arc<Vec<Record>>) -> std::io::Result<()> {
         let this = self.clone();
         let count = records.len() as u64;
         let dropped = tokio::task::spawn_blocking(move || {

@@ -66,6 +66,8 @@ impl Stack {
             max_payload_bytes: 256 * 1024,
             metrics_addr: None,
             stats_interval_secs: 60,
+            replay_window_secs: 15,
+            replay_max_bytes: 64 << 20,
         }
     }
 
@@ -287,6 +289,27 @@ impl Collector {
                 expected.len()
             );
         }
+    }
+
+    /// Every copy of a message carries the identity of its first receipt: one `ts` per (source,
+    /// seq), so that the processor stores it once. Returns how many copies were extra.
+    pub fn assert_one_identity_per_message(&self) -> usize {
+        let mut stamps: HashMap<(String, u64), std::collections::HashSet<String>> = HashMap::new();
+        let all = self.all();
+        for r in &all {
+            let ts = r.envelope["ts"].as_str().unwrap_or_default().to_owned();
+            stamps.entry(r.key()).or_default().insert(ts);
+        }
+        let split: Vec<_> = stamps
+            .iter()
+            .filter(|(_, ts)| ts.len() > 1)
+            .take(5)
+            .collect();
+        assert!(
+            split.is_empty(),
+            "messages republished with more than one identity (stored twice): {split:?}"
+        );
+        all.len() - stamps.len()
     }
 
     /// Per source topic, the seqs must never go backwards except to repeat (a redelivery).
