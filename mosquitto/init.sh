@@ -3,8 +3,9 @@
 # environment, then runs the broker. Nothing secret is kept in the repository.
 #
 #   MQTT_API_PASSWORD      user gito-api: reads every tenant's telemetry (processor, live push),
-#                          publishes alert events
-#   MQTT_BRIDGE_PASSWORD   user gito-bridge: may publish only under its tenant's prefix
+#                          publishes alert events and device events (deleted devices)
+#   MQTT_BRIDGE_PASSWORD   user gito-bridge: may publish only under its tenant's prefix, and read
+#                          its tenant's device events
 #   GITO_TENANT_ID         that tenant
 #   MOSQUITTO_AUTH_DIR     where the files go (default /mosquitto/auth)
 #   MOSQUITTO_CONF         the configuration to run (default /mosquitto/config/mosquitto.conf)
@@ -27,9 +28,11 @@ user gito-api
 topic read +/devices/+/telemetry
 topic write +/alerts
 topic read +/alerts
+topic write +/device-events
 
 user gito-bridge
 topic write ${GITO_TENANT_ID}/devices/+/telemetry
+topic read ${GITO_TENANT_ID}/device-events
 ACL
 if [ "$(id -u)" = 0 ] && id mosquitto >/dev/null 2>&1; then
   chown -R mosquitto "$auth_dir"

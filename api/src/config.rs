@@ -201,6 +201,12 @@ pub struct MqttConfig {
     /// Messages written per transaction at most.
     #[arg(long, env = "GITO_PROCESSOR_BATCH_SIZE", default_value_t = 2000)]
     pub batch_size: usize,
+    /// Rows (metrics) written per transaction at most; an envelope with more is written alone.
+    #[arg(long, env = "GITO_PROCESSOR_BATCH_MAX_ROWS", default_value_t = 20_000)]
+    pub batch_max_rows: usize,
+    /// Bytes of topics and payloads per transaction at most; a larger message is written alone.
+    #[arg(long, env = "GITO_PROCESSOR_BATCH_MAX_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub batch_max_bytes: usize,
     /// Milliseconds a batch waits to fill up.
     #[arg(long, env = "GITO_PROCESSOR_FLUSH_MS", default_value_t = 5)]
     pub flush_ms: u64,
@@ -211,6 +217,8 @@ impl MqttConfig {
         crate::processor::ProcessorConfig {
             mqtt: self.mqtt_url.options(&self.processor_client_id),
             batch_size: self.batch_size.max(1),
+            max_rows: self.batch_max_rows.max(1),
+            max_bytes: self.batch_max_bytes.max(1),
             flush_after: Duration::from_millis(self.flush_ms),
         }
     }

@@ -3,8 +3,9 @@
 //! benchmarks drive exactly what production runs.
 //!
 //! Layers: `http` (the REST API and the WebSocket) and `processor` (MQTT → PostgreSQL) both
-//! build on `domain` (alerts, telemetry schemas, field rules) and never import each other;
-//! `startup` wires them together under one supervisor.
+//! build on `domain` (alerts, telemetry schemas, field rules); the processor never imports
+//! `http`, and `http` calls into the processor only to replay dead letters through its storing
+//! path. `startup` wires them together under one supervisor.
 
 pub mod auth;
 pub mod bootstrap;

@@ -36,6 +36,8 @@ pub fn serve_config(db_url: &str, addr: SocketAddr) -> ServeConfig {
             mqtt_url: "mqtt://127.0.0.1:1883".parse().expect("MQTT URL"),
             processor_client_id: format!("gito-processor-test-{}", Uuid::new_v4().simple()),
             batch_size: 500,
+            batch_max_rows: 20_000,
+            batch_max_bytes: 8 * 1024 * 1024,
             flush_ms: 5,
         },
     }

@@ -3,6 +3,7 @@
 mod alert_rules;
 mod alerts;
 mod auth;
+mod dead_letters;
 mod device_groups;
 mod device_types;
 mod devices;
@@ -106,6 +107,7 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(telemetry::router())
         .merge(alert_rules::router())
         .merge(alerts::router())
+        .merge(dead_letters::router())
         .merge(live::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

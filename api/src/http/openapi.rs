@@ -38,6 +38,7 @@ const SECURITY_SCHEME: &str = "bearer";
         (name = "devices"),
         (name = "telemetry"),
         (name = "alerts", description = "Alert rules and the alerts they raise"),
+        (name = "dead letters", description = "Messages the processor could not store, to read and replay"),
         (name = "live", description = "WebSocket push of telemetry and alerts"),
     )
 )]

@@ -1,129 +1,345 @@
-//! One batch, start to finish: parse each message into the wire contract's types, check its
-//! device (and that the device belongs to the topic's tenant), then store the rows, touch the
+//! One batch, start to finish, with failures isolated to what failed: parse each message, check
+//! its device (and that the device belongs to the topic's tenant), then store the rows, touch the
 //! devices and evaluate alert rules in one transaction.
+//!
+//! - A failure of the database or of the way to it (`failure::is_transient`) is retried with
+//!   backoff, the messages unacknowledged meanwhile: an outage only delays.
+//! - A failure the data causes splits the batch in halves, each stored in its own transaction,
+//!   down to single messages: every message that can be stored is, and the one that cannot becomes
+//!   a dead letter. One bad message costs about 2·log2(batch) small transactions, not a stall.
+//! - A foreign-key violation first re-reads the batch's devices past the cache: a device deleted
+//!   since it was looked up is then unknown, its messages dead letters, and the rest is retried.
+//! - Invalid messages and unknown devices are dead letters too: nothing received is dropped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context as _;
-use gito_wire::{AlertEvent, Envelope, Invalid, MetricValue, TelemetryTopic};
+use gito_runtime::Backoff;
+use gito_wire::{AlertEvent, Envelope, Invalid, TelemetryTopic};
 use rumqttc::Publish;
 use sqlx::PgPool;
-use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::alerts::{self, Sample};
 use super::counters::Counters;
-use super::devices::DeviceCache;
-use super::store::{self, Rows};
+use super::dead_letters::{self, DeadLetter, Reason, UNKNOWN_DEVICE};
+use super::devices::{DeviceCache, DeviceInfo, Known};
+use super::failure::{self, is_foreign_key_violation, is_transient};
+use super::store::{self, Checked, Stored};
 
 /// One valid message: its topic and its envelope.
-struct Telemetry {
-    topic: TelemetryTopic,
-    envelope: Envelope,
+#[derive(Debug)]
+pub struct Telemetry {
+    pub topic: TelemetryTopic,
+    pub envelope: Envelope,
 }
 
-fn parse(message: &Publish) -> Result<Telemetry, Invalid> {
-    let topic: TelemetryTopic = message.topic.parse()?;
-    let envelope = Envelope::from_json(&message.payload)?;
+pub fn parse(topic: &str, payload: &[u8]) -> Result<Telemetry, Invalid> {
+    let topic: TelemetryTopic = topic.parse()?;
+    let envelope = Envelope::from_json(payload)?;
     Ok(Telemetry { topic, envelope })
 }
 
-/// Parses, checks and stores one batch in one transaction; returns the alert changes.
-pub async fn process(
-    pool: &PgPool,
-    cache: &DeviceCache,
-    counters: &Counters,
-    batch: &[Publish],
-) -> anyhow::Result<Vec<AlertEvent>> {
-    Counters::add(&counters.messages, batch.len() as u64);
-    let parsed: Vec<Telemetry> = batch
-        .iter()
-        .filter_map(|m| match parse(m) {
-            Ok(t) => Some(t),
-            Err(reason) => {
-                drop_message(counters, reason.as_str(), &m.topic);
-                None
+/// A message as received, parsed when it was collected (a batch is bounded by its rows).
+#[derive(Debug)]
+pub struct Incoming {
+    pub publish: Publish,
+    pub parsed: Result<Telemetry, Invalid>,
+}
+
+impl Incoming {
+    pub fn new(publish: Publish) -> Incoming {
+        let parsed = parse(&publish.topic, &publish.payload);
+        Incoming { publish, parsed }
+    }
+
+    /// The rows it becomes (one per metric; none if invalid).
+    pub fn rows(&self) -> usize {
+        self.parsed.as_ref().map_or(0, |t| t.envelope.metrics.len())
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.publish.topic.len() + self.publish.payload.len()
+    }
+
+    fn dead_letter(&self, reason: Reason, error: String) -> DeadLetter {
+        DeadLetter {
+            topic: self.publish.topic.clone(),
+            payload: self.publish.payload.to_vec(),
+            reason,
+            error,
+        }
+    }
+}
+
+/// The device of `telemetry`, if it exists and belongs to the topic's tenant.
+fn device_of<'a>(telemetry: &Telemetry, known: &'a Known) -> Option<&'a DeviceInfo> {
+    known
+        .get(&telemetry.topic.device_id)
+        .and_then(Option::as_deref)
+        .filter(|d| d.tenant_id == telemetry.topic.tenant_id)
+}
+
+/// What processing batches needs, kept across batches.
+pub struct Batcher {
+    pub pool: PgPool,
+    pub cache: DeviceCache,
+    pub counters: Arc<Counters>,
+    pub shutdown: CancellationToken,
+    /// Reasons logged since the last counters line ("logged once": the rest is counted).
+    logged: Vec<Reason>,
+    isolation_logged: bool,
+}
+
+impl Batcher {
+    pub fn new(pool: PgPool, counters: Arc<Counters>, shutdown: CancellationToken) -> Batcher {
+        Batcher {
+            pool,
+            cache: DeviceCache::default(),
+            counters,
+            shutdown,
+            logged: Vec::new(),
+            isolation_logged: false,
+        }
+    }
+
+    /// The counters were just logged: the next dead letter of each reason is logged again.
+    pub fn new_interval(&mut self) {
+        self.logged.clear();
+        self.isolation_logged = false;
+    }
+
+    /// Stores every message of `batch` that can be stored and keeps the others as dead letters;
+    /// returns the alert changes. `None` if shutdown came first (nothing may be acknowledged).
+    pub async fn process(&mut self, batch: &[Incoming]) -> Option<Vec<AlertEvent>> {
+        Counters::add(&self.counters.messages, batch.len() as u64);
+        let mut dead = Vec::new();
+        let mut valid = Vec::new();
+        for message in batch {
+            match &message.parsed {
+                Ok(telemetry) => valid.push((message, telemetry)),
+                Err(invalid) => {
+                    dead.push(message.dead_letter((*invalid).into(), invalid.to_string()))
+                }
             }
-        })
-        .collect();
-    let ids: Vec<Uuid> = parsed.iter().map(|t| t.topic.device_id).collect();
-    let known = cache
-        .lookup(pool, &ids)
-        .await
-        .context("looking up devices")?;
-    let mut rows = Rows::default();
-    let mut newest: HashMap<Uuid, OffsetDateTime> = HashMap::new();
-    let mut samples = Vec::new();
-    let mut tenants = BTreeSet::new();
-    for Telemetry { topic, envelope } in &parsed {
-        let Some(device) = known
-            .get(&topic.device_id)
-            .and_then(Option::as_ref)
-            .filter(|d| d.tenant_id == topic.tenant_id)
-        else {
-            // Unknown device, or a device of another tenant: a publisher may never write there.
-            drop_message(counters, "unknown_device", &topic.to_string());
-            continue;
-        };
-        tenants.insert(topic.tenant_id);
-        let seen = newest.entry(topic.device_id).or_insert(envelope.ts);
-        *seen = (*seen).max(envelope.ts);
-        for (metric, value) in &envelope.metrics {
-            let number = value.numeric();
-            rows.device_id.push(topic.device_id);
-            rows.ts.push(envelope.ts);
-            rows.metric.push(metric.clone());
-            rows.flagged.push(device.is_unexpected(metric, number));
-            match value {
-                MetricValue::Number(n) => {
-                    rows.value.push(Some(*n));
-                    rows.value_json.push(None);
-                }
-                MetricValue::Bool(b) => {
-                    rows.value.push(number);
-                    rows.value_json.push(Some((*b).into()));
-                }
-                MetricValue::Text(s) => {
-                    rows.value.push(None);
-                    rows.value_json.push(Some(s.clone().into()));
+        }
+        let ids: Vec<Uuid> = valid.iter().map(|(_, t)| t.topic.device_id).collect();
+        let known = self.lookup(&ids).await?;
+        let mut good = Vec::with_capacity(valid.len());
+        for (message, telemetry) in &valid {
+            match device_of(telemetry, &known) {
+                Some(device) => good.push((
+                    *message,
+                    Checked {
+                        device_id: telemetry.topic.device_id,
+                        envelope: &telemetry.envelope,
+                        device,
+                    },
+                )),
+                // Unknown, or a device of another tenant: a publisher may never write there.
+                None => {
+                    dead.push(message.dead_letter(Reason::UnknownDevice, UNKNOWN_DEVICE.to_owned()))
                 }
             }
-            if let Some(value) = number {
-                samples.push(Sample {
-                    device_id: topic.device_id,
-                    device,
-                    ts: envelope.ts,
-                    metric,
-                    value,
-                });
+        }
+        let events = self.store_isolated(&good, &mut dead).await?;
+        if !dead.is_empty() {
+            self.keep(&dead).await?;
+        }
+        Some(events)
+    }
+
+    /// Stores `good`, splitting it on failures caused by the data; adds what cannot be stored to
+    /// `dead`.
+    async fn store_isolated(
+        &mut self,
+        good: &[(&Incoming, Checked<'_>)],
+        dead: &mut Vec<DeadLetter>,
+    ) -> Option<Vec<AlertEvent>> {
+        let mut events = Vec::new();
+        let mut alive = vec![true; good.len()];
+        let mut isolating = false;
+        // Ranges still to store, the next on top; `true` once retried after a foreign-key
+        // violation that no deleted device explains (a race with a deleted alert rule, say).
+        let mut pending: Vec<(Range<usize>, bool)> = vec![(0..good.len(), false)];
+        while let Some((range, retried)) = pending.pop() {
+            let group: Vec<Checked<'_>> = range
+                .clone()
+                .filter(|i| alive[*i])
+                .map(|i| good[i].1)
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let mut retry = Retry::new(self);
+            let error = loop {
+                match store_in_transaction(&self.pool, &group).await {
+                    Ok(stored) => {
+                        self.count(&stored);
+                        events.extend(stored.events);
+                        break None;
+                    }
+                    Err(e) if is_transient(&e) => {
+                        if !retry.wait("storing a batch", &e).await {
+                            return None;
+                        }
+                    }
+                    Err(e) => break Some(e),
+                }
+            };
+            let Some(error) = error else { continue };
+            if !self.isolation_logged {
+                self.isolation_logged = true;
+                tracing::warn!(error = %failure::describe(&error), messages = group.len(),
+                    "storing a batch failed on its data; isolating the messages that fail (further ones until the next counters line are counted, not logged)");
+            }
+            if !isolating {
+                isolating = true;
+                Counters::add(&self.counters.isolations, 1);
+            }
+            if is_foreign_key_violation(&error) {
+                if self.recheck(good, range.clone(), &mut alive, dead).await? {
+                    pending.push((range, retried));
+                    continue;
+                }
+                if !retried {
+                    pending.push((range, true));
+                    continue;
+                }
+            }
+            if group.len() == 1 {
+                let index = range.clone().find(|i| alive[*i]).expect("one message left");
+                alive[index] = false;
+                let reason = Reason::of_error(&error);
+                dead.push(good[index].0.dead_letter(reason, failure::describe(&error)));
+                continue;
+            }
+            let middle = range.start + range.len() / 2;
+            pending.push((middle..range.end, false));
+            pending.push((range.start..middle, false));
+        }
+        Some(events)
+    }
+
+    /// Re-reads the devices of `range` from the database; the messages of those that no longer
+    /// exist (or moved to another tenant) become dead letters. True if there were any.
+    async fn recheck(
+        &mut self,
+        good: &[(&Incoming, Checked<'_>)],
+        range: Range<usize>,
+        alive: &mut [bool],
+        dead: &mut Vec<DeadLetter>,
+    ) -> Option<bool> {
+        let ids: Vec<Uuid> = range
+            .clone()
+            .filter(|i| alive[*i])
+            .map(|i| good[i].1.device_id)
+            .collect();
+        for id in &ids {
+            self.cache.evict(*id);
+        }
+        let fresh = self.lookup(&ids).await?;
+        let mut found = false;
+        for i in range {
+            if !alive[i] {
+                continue;
+            }
+            let (message, checked) = &good[i];
+            let still = fresh
+                .get(&checked.device_id)
+                .and_then(Option::as_deref)
+                .is_some_and(|d| d.tenant_id == checked.device.tenant_id);
+            if !still {
+                alive[i] = false;
+                found = true;
+                dead.push(message.dead_letter(Reason::UnknownDevice, UNKNOWN_DEVICE.to_owned()));
+            }
+        }
+        Some(found)
+    }
+
+    /// Retried until it succeeds (`None`: shutdown came first).
+    async fn lookup(&mut self, ids: &[Uuid]) -> Option<Known> {
+        let mut retry = Retry::new(self);
+        loop {
+            match self.cache.lookup(&self.pool, ids).await {
+                Ok(known) => return Some(known),
+                Err(e) => {
+                    if !retry.wait("looking up devices", &e).await {
+                        return None;
+                    }
+                }
             }
         }
     }
-    if rows.is_empty() {
-        return Ok(Vec::new());
+
+    /// Writes the dead letters, retrying until they are kept: they are acknowledged after.
+    async fn keep(&mut self, dead: &[DeadLetter]) -> Option<()> {
+        let mut retry = Retry::new(self);
+        loop {
+            match keep_in_one_statement(&self.pool, dead).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if !retry.wait("keeping dead letters", &e).await {
+                        return None;
+                    }
+                }
+            }
+        }
+        for letter in dead {
+            self.counters.dead_letter(letter.reason);
+            if !self.logged.contains(&letter.reason) {
+                self.logged.push(letter.reason);
+                tracing::warn!(reason = letter.reason.as_str(), topic = %letter.topic, error = %letter.error,
+                    "message kept as a dead letter (further ones of this reason until the next counters line are counted, not logged)");
+            }
+        }
+        Some(())
     }
-    let mut tx = pool.begin().await?;
-    let inserted = store::insert(&mut tx, &rows).await?;
-    let (devices, times): (Vec<Uuid>, Vec<OffsetDateTime>) = newest.into_iter().unzip();
-    store::touch(&mut tx, &devices, &times).await?;
-    let tenants: Vec<Uuid> = tenants.into_iter().collect();
-    let rules = alerts::rules_for(&mut tx, &tenants).await?;
-    let events = if rules.is_empty() {
-        Vec::new()
-    } else {
-        alerts::evaluate(&mut tx, &rules, &samples).await?
-    };
-    tx.commit().await?;
-    Counters::add(&counters.rows, inserted);
-    Counters::add(&counters.duplicate_rows, rows.len() as u64 - inserted);
-    Counters::add(
-        &counters.flagged,
-        rows.flagged.iter().filter(|f| **f).count() as u64,
-    );
-    Ok(events)
+
+    fn count(&self, stored: &Stored) {
+        Counters::add(&self.counters.rows, stored.inserted);
+        Counters::add(&self.counters.duplicate_rows, stored.rows - stored.inserted);
+        Counters::add(&self.counters.flagged, stored.flagged);
+    }
 }
 
-fn drop_message(counters: &Counters, reason: &str, topic: &str) {
-    Counters::add(&counters.dropped, 1);
-    tracing::warn!(reason, topic, "message dropped");
+/// Waits between attempts after transient failures, with backoff, counting and logging each.
+struct Retry {
+    backoff: Backoff,
+    shutdown: CancellationToken,
+    counters: Arc<Counters>,
+}
+
+impl Retry {
+    fn new(batcher: &Batcher) -> Retry {
+        Retry {
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            shutdown: batcher.shutdown.clone(),
+            counters: batcher.counters.clone(),
+        }
+    }
+
+    /// False if shutdown came first.
+    async fn wait(&mut self, what: &str, error: &sqlx::Error) -> bool {
+        Counters::add(&self.counters.db_errors, 1);
+        tracing::warn!(error = %error, "{what} failed; retrying");
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            () = tokio::time::sleep(self.backoff.next_delay()) => true,
+        }
+    }
+}
+
+async fn store_in_transaction(pool: &PgPool, group: &[Checked<'_>]) -> Result<Stored, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let stored = store::store(&mut tx, group).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+async fn keep_in_one_statement(pool: &PgPool, dead: &[DeadLetter]) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    dead_letters::write(&mut conn, dead).await
 }

@@ -2,14 +2,20 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::dead_letters::Reason;
+
 #[derive(Debug, Default)]
 pub struct Counters {
     pub messages: AtomicU64,
     pub rows: AtomicU64,
     pub duplicate_rows: AtomicU64,
     pub flagged: AtomicU64,
-    pub dropped: AtomicU64,
+    /// Messages kept as dead letters, by `Reason` (in `Reason::ALL` order).
+    pub dead_letters: [AtomicU64; Reason::ALL.len()],
     pub db_errors: AtomicU64,
+    /// Batches that failed on their data and were split to isolate what failed.
+    pub isolations: AtomicU64,
+    pub devices_deleted: AtomicU64,
 }
 
 impl Counters {
@@ -17,16 +23,38 @@ impl Counters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn dead_letter(&self, reason: Reason) {
+        let index = Reason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is in ALL");
+        Counters::add(&self.dead_letters[index], 1);
+    }
+
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let by_reason: Vec<String> = Reason::ALL
+            .iter()
+            .zip(&self.dead_letters)
+            .filter(|(_, n)| get(n) > 0)
+            .map(|(reason, n)| format!("{}={}", reason.as_str(), get(n)))
+            .collect();
+        let dead_letters: u64 = self.dead_letters.iter().map(get).sum();
         format!(
-            "messages={} rows={} duplicate_rows={} flagged={} dropped={} db_errors={}",
+            "messages={} rows={} duplicate_rows={} flagged={} dead_letters={}{} db_errors={} isolations={} devices_deleted={}",
             get(&self.messages),
             get(&self.rows),
             get(&self.duplicate_rows),
             get(&self.flagged),
-            get(&self.dropped),
-            get(&self.db_errors)
+            dead_letters,
+            if by_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by_reason.join(" "))
+            },
+            get(&self.db_errors),
+            get(&self.isolations),
+            get(&self.devices_deleted),
         )
     }
 }

@@ -1,30 +1,32 @@
-//! Which devices exist, to which tenant they belong, and what their type's schema expects. Looked
-//! up once per batch for the devices not cached; entries expire so that a reclassified device or
-//! an edited schema is picked up within a minute.
+//! Which devices exist, to which tenant they belong, and what their type's schema expects.
+//!
+//! The cache is exact, not expiring: `watch` applies every change PostgreSQL announces (migration
+//! 009) before each batch, and while it cannot listen the cache is empty and bypassed, so an
+//! entry is never older than the last change committed before the batch began. It is owned by the
+//! processor's loop (one task), hence no lock.
+//!
+//! Bounded by `MAX_ENTRIES`, with a not-recently-used policy: when full, entries not looked up
+//! since the previous sweep are dropped, and if every entry was (a working set larger than the
+//! bound), all of them; the cost is then one lookup per batch for the devices it carries.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use sqlx::PgPool;
+use sqlx::PgExecutor;
 use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::domain::telemetry_schema::TelemetrySchema;
 
-const TTL: Duration = Duration::from_secs(30);
-/// Unknown ids are remembered briefly, so that garbage cannot make every batch query again.
-const UNKNOWN_TTL: Duration = Duration::from_secs(5);
-/// Past this many entries, expired ones are dropped (and if all are fresh, all of them): the cache
-/// must not grow with every id ever seen.
-const MAX_ENTRIES: usize = 200_000;
+/// Devices (and ids known not to be devices) kept at most.
+pub const MAX_ENTRIES: usize = 200_000;
 
 #[derive(Debug, Clone)]
 pub struct DeviceInfo {
     pub tenant_id: Uuid,
     pub device_type_id: Option<Uuid>,
     pub device_type: Option<String>,
-    pub schema: Option<TelemetrySchema>,
+    pub schema: Option<Arc<TelemetrySchema>>,
 }
 
 impl DeviceInfo {
@@ -36,31 +38,90 @@ impl DeviceInfo {
     }
 }
 
-#[derive(Default)]
+/// What is known of some ids: `None` for an id that is no device.
+pub type Known = HashMap<Uuid, Option<Arc<DeviceInfo>>>;
+
+#[derive(Debug)]
+struct Entry {
+    info: Option<Arc<DeviceInfo>>,
+    /// Looked up since the last sweep.
+    used: bool,
+}
+
+#[derive(Debug)]
 pub struct DeviceCache {
-    entries: Mutex<Entries>,
+    entries: HashMap<Uuid, Entry>,
+    /// Only while PostgreSQL's announcements reach us; otherwise every lookup reads the database.
+    enabled: bool,
+    max_entries: usize,
+}
+
+impl Default for DeviceCache {
+    fn default() -> Self {
+        DeviceCache::with_capacity(MAX_ENTRIES)
+    }
 }
 
 impl DeviceCache {
-    /// What is known of `ids` (`None`: no such device).
-    pub async fn lookup(
-        &self,
-        pool: &PgPool,
+    pub fn with_capacity(max_entries: usize) -> Self {
+        DeviceCache {
+            entries: HashMap::new(),
+            enabled: false,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// Starts (empty) or stops (emptied) caching: whatever happened while nobody listened is
+    /// unknown, so nothing older survives.
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.entries.clear();
+        self.enabled = enabled;
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn evict(&mut self, id: Uuid) {
+        self.entries.remove(&id);
+    }
+
+    /// Forgets the devices of a device type (its schema changed).
+    pub fn evict_type(&mut self, type_id: Uuid) {
+        self.entries.retain(|_, e| {
+            e.info
+                .as_ref()
+                .is_none_or(|i| i.device_type_id != Some(type_id))
+        });
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// What is known of `ids`, from the cache or else from the database.
+    pub async fn lookup<'e>(
+        &mut self,
+        db: impl PgExecutor<'e>,
         ids: &[Uuid],
-    ) -> Result<HashMap<Uuid, Option<DeviceInfo>>, sqlx::Error> {
-        let mut found = HashMap::new();
+    ) -> Result<Known, sqlx::Error> {
+        let mut found = Known::new();
         let mut missing = Vec::new();
-        {
-            let entries = self.entries.lock().expect("cache lock");
-            for id in ids {
-                match entries.get(id) {
-                    Some((at, info))
-                        if at.elapsed() < if info.is_some() { TTL } else { UNKNOWN_TTL } =>
-                    {
-                        found.insert(*id, info.clone());
-                    }
-                    _ => missing.push(*id),
+        for id in ids {
+            match self.entries.get_mut(id) {
+                Some(entry) => {
+                    entry.used = true;
+                    found.insert(*id, entry.info.clone());
                 }
+                None => missing.push(*id),
             }
         }
         if missing.is_empty() {
@@ -68,69 +129,139 @@ impl DeviceCache {
         }
         missing.sort_unstable();
         missing.dedup();
-        // A join on UNNEST probes the primary key per id; `id = ANY($1)` over a table the
-        // planner still thinks is small became a scan comparing every row with every id (the
-        // pipeline bench at 100,000 devices: 1 s per batch).
-        let rows = sqlx::query!(
-            r#"SELECT d.id AS "id!", d.tenant_id AS "tenant_id!", d.device_type_id, d.device_type,
+        let fetched = fetch(db, &missing).await?;
+        for id in missing {
+            let info = fetched.get(&id).cloned().map(Arc::new);
+            self.insert(id, info.clone());
+            found.insert(id, info);
+        }
+        Ok(found)
+    }
 
-                      t.telemetry_schema AS "schema?: Json<TelemetrySchema>"
-               FROM UNNEST($1::uuid[]) AS wanted(id)
-               JOIN devices d ON d.id = wanted.id
-               LEFT JOIN device_types t ON t.id = d.device_type_id"#,
-            &missing
-        )
-        .fetch_all(pool)
-        .await?;
-        let now = Instant::now();
-        let mut entries = self.entries.lock().expect("cache lock");
-        if entries.len() + missing.len() > MAX_ENTRIES {
-            prune(&mut entries, missing.len());
+    fn insert(&mut self, id: Uuid, info: Option<Arc<DeviceInfo>>) {
+        if !self.enabled {
+            return;
         }
-        for id in &missing {
-            entries.insert(*id, (now, None));
-            found.insert(*id, None);
+        if self.entries.len() >= self.max_entries {
+            self.sweep();
         }
-        for row in rows {
+        self.entries.insert(id, Entry { info, used: false });
+    }
+
+    /// Drops what was not used since the last sweep; everything if all of it was.
+    fn sweep(&mut self) {
+        self.entries.retain(|_, e| std::mem::take(&mut e.used));
+        if self.entries.len() >= self.max_entries {
+            self.entries.clear();
+        }
+    }
+}
+
+/// Reads `ids` from the database; ids that are no device are absent from the answer.
+pub async fn fetch<'e>(
+    db: impl PgExecutor<'e>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, DeviceInfo>, sqlx::Error> {
+    // A join on UNNEST probes the primary key per id; `id = ANY($1)` over a table the planner
+    // still thinks is small became a scan comparing every row with every id (the pipeline bench
+    // at 100,000 devices: 1 s per batch).
+    let rows = sqlx::query!(
+        r#"SELECT d.id AS "id!", d.tenant_id AS "tenant_id!", d.device_type_id, d.device_type,
+                  t.telemetry_schema AS "schema?: Json<TelemetrySchema>"
+           FROM UNNEST($1::uuid[]) AS wanted(id)
+           JOIN devices d ON d.id = wanted.id
+           LEFT JOIN device_types t ON t.id = d.device_type_id"#,
+        ids
+    )
+    .fetch_all(db)
+    .await?;
+    // Devices of one type share its schema.
+    let mut schemas: HashMap<Uuid, Arc<TelemetrySchema>> = HashMap::new();
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let schema = row.schema.map(|Json(s)| match row.device_type_id {
+                Some(type_id) => schemas
+                    .entry(type_id)
+                    .or_insert_with(|| Arc::new(s))
+                    .clone(),
+                None => Arc::new(s),
+            });
             let info = DeviceInfo {
                 tenant_id: row.tenant_id,
                 device_type_id: row.device_type_id,
                 device_type: row.device_type,
-                schema: row.schema.map(|s| s.0),
+                schema,
             };
-            entries.insert(row.id, (now, Some(info.clone())));
-            found.insert(row.id, Some(info));
-        }
-        Ok(found)
-    }
-}
-
-type Entries = HashMap<Uuid, (Instant, Option<DeviceInfo>)>;
-
-/// Makes room for `incoming` entries: expired ones go first, then everything if still too full.
-fn prune(entries: &mut Entries, incoming: usize) {
-    entries.retain(|_, (at, info)| at.elapsed() < if info.is_some() { TTL } else { UNKNOWN_TTL });
-    if entries.len() + incoming > MAX_ENTRIES {
-        entries.clear();
-    }
+            (row.id, info)
+        })
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn info(type_id: Option<Uuid>) -> Option<Arc<DeviceInfo>> {
+        Some(Arc::new(DeviceInfo {
+            tenant_id: Uuid::now_v7(),
+            device_type_id: type_id,
+            device_type: None,
+            schema: None,
+        }))
+    }
+
     #[test]
-    fn pruning_drops_expired_entries_then_everything_if_needed() {
-        let old = Instant::now()
-            .checked_sub(TTL + Duration::from_secs(1))
-            .expect("an instant in the past");
-        let mut entries: Entries = HashMap::new();
-        entries.insert(Uuid::now_v7(), (old, None));
-        let fresh = Uuid::now_v7();
-        entries.insert(fresh, (Instant::now(), None));
-        prune(&mut entries, 0);
-        assert_eq!(entries.keys().collect::<Vec<_>>(), [&fresh]);
-        prune(&mut entries, MAX_ENTRIES);
-        assert!(entries.is_empty());
+    fn nothing_is_kept_unless_enabled_and_disabling_empties() {
+        let mut cache = DeviceCache::with_capacity(10);
+        cache.insert(Uuid::now_v7(), None);
+        assert!(cache.is_empty());
+        cache.set_enabled(true);
+        cache.insert(Uuid::now_v7(), None);
+        assert_eq!(cache.len(), 1);
+        cache.set_enabled(false);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_full_cache_drops_entries_not_used_since_the_last_sweep() {
+        let mut cache = DeviceCache::with_capacity(3);
+        cache.set_enabled(true);
+        let (a, b, c, d) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        for id in [a, b, c] {
+            cache.insert(id, None);
+        }
+        cache.entries.get_mut(&b).expect("b").used = true;
+        cache.insert(d, None);
+        let mut kept: Vec<Uuid> = cache.entries.keys().copied().collect();
+        kept.sort();
+        assert_eq!(kept, [b, d], "a and c were not used");
+        // Everything used since: all of it goes.
+        let e = Uuid::now_v7();
+        cache.insert(e, None);
+        for entry in cache.entries.values_mut() {
+            entry.used = true;
+        }
+        cache.insert(Uuid::now_v7(), None);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_type_change_evicts_that_types_devices_only() {
+        let mut cache = DeviceCache::with_capacity(10);
+        cache.set_enabled(true);
+        let (kind, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        cache.insert(a, info(Some(kind)));
+        cache.insert(b, info(Some(other)));
+        cache.insert(c, None);
+        cache.evict_type(kind);
+        assert!(!cache.entries.contains_key(&a));
+        assert!(cache.entries.contains_key(&b) && cache.entries.contains_key(&c));
     }
 }

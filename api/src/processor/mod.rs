@@ -1,40 +1,55 @@
 //! The processor: reads the bridge's envelopes from the local broker (a shared subscription, so
-//! that several processors split the stream), writes them to PostgreSQL in batches, evaluates
-//! alert rules in the same transaction, and acknowledges each message only after its batch
-//! committed. A redelivered message adds no row; a message for an unknown device or the wrong
-//! tenant is counted and dropped.
+//! that several processors split the stream), writes them to PostgreSQL in batches bounded by
+//! messages, rows and bytes, evaluates alert rules in the same transaction, and acknowledges each
+//! message only after it was stored or kept as a dead letter. A redelivered message adds no row; a
+//! message that cannot be stored (invalid, an unknown device, a row the database refuses) is kept
+//! as a dead letter without holding back the rest (`batch`). Deleted devices are announced on
+//! `{tenant_id}/device-events` for gito-bridge (`watch`).
 
 pub mod alerts;
 mod batch;
 mod counters;
+pub mod dead_letters;
 pub mod devices;
+mod failure;
 mod intake;
 pub mod store;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use gito_runtime::Backoff;
 use gito_runtime::mqtt::{self, Ack};
 use gito_wire::topic::PROCESSOR_SUBSCRIPTION;
-use gito_wire::{AlertsTopic, LiveEvent};
+use gito_wire::{AlertsTopic, DeviceEvent, DeviceEventsTopic, LiveEvent};
 use rumqttc::{AsyncClient, MqttOptions, Publish, QoS};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use self::batch::{Batcher, Incoming};
 use self::counters::Counters;
-use self::devices::DeviceCache;
+pub use self::devices::DeviceInfo;
+use self::watch::{Deleted, DeviceWatch};
 
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
     pub mqtt: MqttOptions,
     /// Rows are written when this many messages are waiting...
     pub batch_size: usize,
+    /// ...or they make this many rows (metrics)...
+    pub max_rows: usize,
+    /// ...or this many bytes of topics and payloads (a message larger than a bound alone is a
+    /// batch of its own)...
+    pub max_bytes: usize,
     /// ...or this long after the first of them arrived.
     pub flush_after: Duration,
 }
+
+/// How often the device listener is checked when no batch does it.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown`; then finishes the batch at hand and acknowledges it. An error when the
 /// broker connection ended for good (see `intake`).
@@ -58,38 +73,60 @@ pub async fn run(
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(mqtt::acker(client.clone(), acks_rx));
     let counters = Arc::new(Counters::default());
-    let cache = DeviceCache::default();
+    let mut batcher = Batcher::new(pool.clone(), counters.clone(), shutdown.clone());
+    let mut watch = DeviceWatch::new(&pool);
+    let deleted = watch.sync(&mut batcher.cache).await;
+    announce(&client, &counters, deleted);
     tracing::info!(subscription = PROCESSOR_SUBSCRIPTION, "processor running");
 
     let mut stats = tokio::time::interval(Duration::from_secs(60));
     stats.tick().await;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    heartbeat.tick().await;
+    // A message that did not fit into the previous batch starts the next one.
+    let mut carried: Option<Incoming> = None;
     loop {
-        let first = tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = stats.tick() => {
-                tracing::info!(counters = counters.summary(), "processor counters");
-                continue;
-            }
-            first = messages.recv() => match first { Some(m) => m, None => break },
-        };
-        let batch = collect(first, &mut messages, &config).await;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        // Retried until it commits: the messages stay unacknowledged meanwhile, so a database
-        // restart loses nothing. Shutdown leaves the batch to the broker's redelivery.
-        let events = loop {
-            match batch::process(&pool, &cache, &counters, &batch).await {
-                Ok(events) => break Some(events),
-                Err(e) => {
-                    Counters::add(&counters.db_errors, 1);
-                    tracing::warn!(error = %e, messages = batch.len(), "writing a batch failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break None,
-                        () = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
+        let first = match carried.take() {
+            Some(message) if !shutdown.is_cancelled() => message,
+            Some(_) => break,
+            None => tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = stats.tick() => {
+                    tracing::info!(counters = counters.summary(), "processor counters");
+                    batcher.new_interval();
+                    continue;
                 }
-            }
+                _ = heartbeat.tick() => {
+                    let deleted = watch.sync(&mut batcher.cache).await;
+                    announce(&client, &counters, deleted);
+                    continue;
+                }
+                deleted = watch.next(&mut batcher.cache) => {
+                    announce(&client, &counters, deleted);
+                    continue;
+                }
+                first = messages.recv() => match first {
+                    Some(m) => Incoming::new(m),
+                    None => break,
+                },
+            },
         };
-        let Some(events) = events else { break };
+        let (batch, next) = collect(first, &mut messages, &config).await;
+        carried = next;
+        tracing::debug!(
+            messages = batch.len(),
+            rows = batch.iter().map(Incoming::rows).sum::<usize>(),
+            bytes = batch.iter().map(Incoming::bytes).sum::<usize>(),
+            "batch"
+        );
+        // The cache as of now: a change committed before this batch applies to it.
+        let deleted = watch.sync(&mut batcher.cache).await;
+        announce(&client, &counters, deleted);
+        // Shutdown while retrying leaves the batch to the broker's redelivery.
+        let Some(events) = batcher.process(&batch).await else {
+            break;
+        };
         for event in events {
             let topic = AlertsTopic {
                 tenant_id: event.alert.tenant_id,
@@ -101,7 +138,7 @@ pub async fn run(
             }
         }
         for message in &batch {
-            let _ = acks_tx.send(Ack::of(message));
+            let _ = acks_tx.send(Ack::of(&message.publish));
         }
     }
     intake.cancel();
@@ -119,23 +156,129 @@ pub async fn run(
     polled
 }
 
-/// Waits for more messages until the batch is full or `flush_after` passed.
+/// Tells gito-bridge (QoS 1, not retained) that devices are gone, so that it forgets their paths.
+/// Every processor announces what it hears; forgetting twice is harmless.
+fn announce(client: &AsyncClient, counters: &Counters, deleted: Vec<Deleted>) {
+    for device in deleted {
+        Counters::add(&counters.devices_deleted, 1);
+        let topic = DeviceEventsTopic {
+            tenant_id: device.tenant_id,
+        };
+        let event = DeviceEvent::DeviceDeleted {
+            tenant_id: device.tenant_id,
+            device_id: device.id,
+            external_id: device.external_id,
+        };
+        if let Err(e) = client.try_publish(
+            topic.to_string(),
+            QoS::AtLeastOnce,
+            false,
+            event.to_json().into_bytes(),
+        ) {
+            tracing::warn!(error = %e, device_id = %device.id, "could not announce a deleted device");
+        }
+    }
+}
+
+/// Waits for more messages until the batch is full (messages, rows or bytes) or `flush_after`
+/// passed. A message that would overflow the rows or bytes is returned to start the next batch.
 async fn collect(
-    first: Publish,
+    first: Incoming,
     messages: &mut mpsc::Receiver<Publish>,
     config: &ProcessorConfig,
-) -> Vec<Publish> {
+) -> (Vec<Incoming>, Option<Incoming>) {
+    let (mut rows, mut bytes) = (first.rows(), first.bytes());
     let mut batch = vec![first];
     let deadline = tokio::time::sleep(config.flush_after);
     tokio::pin!(deadline);
-    while batch.len() < config.batch_size {
+    while batch.len() < config.batch_size && rows < config.max_rows && bytes < config.max_bytes {
         tokio::select! {
             () = &mut deadline => break,
             next = messages.recv() => match next {
-                Some(m) => batch.push(m),
+                Some(m) => {
+                    let message = Incoming::new(m);
+                    if rows + message.rows() > config.max_rows
+                        || bytes + message.bytes() > config.max_bytes
+                    {
+                        return (batch, Some(message));
+                    }
+                    rows += message.rows();
+                    bytes += message.bytes();
+                    batch.push(message);
+                }
                 None => break,
             },
         }
     }
-    batch
+    (batch, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(batch_size: usize, max_rows: usize, max_bytes: usize) -> ProcessorConfig {
+        ProcessorConfig {
+            mqtt: MqttOptions::new("test", "127.0.0.1", 1883),
+            batch_size,
+            max_rows,
+            max_bytes,
+            flush_after: Duration::from_millis(50),
+        }
+    }
+
+    /// A valid envelope with `metrics` metrics.
+    fn message(metrics: usize) -> Publish {
+        let metrics: serde_json::Map<String, serde_json::Value> = (0..metrics)
+            .map(|i| (format!("m{i}"), serde_json::json!(i)))
+            .collect();
+        let payload = serde_json::json!({ "ts": "2026-11-24T10:00:00Z", "metrics": metrics });
+        let topic = format!(
+            "{}/devices/{}/telemetry",
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::now_v7()
+        );
+        Publish::new(topic, QoS::AtLeastOnce, payload.to_string())
+    }
+
+    /// Batches as `collect` cuts them: the rows of each message.
+    async fn batches(config: &ProcessorConfig, sizes: &[usize]) -> Vec<Vec<usize>> {
+        let (tx, mut rx) = mpsc::channel(100);
+        for size in sizes {
+            tx.send(message(*size)).await.expect("send");
+        }
+        drop(tx);
+        let mut cut = Vec::new();
+        let mut carried = None;
+        loop {
+            let first = match carried.take() {
+                Some(m) => m,
+                None => match rx.recv().await {
+                    Some(m) => Incoming::new(m),
+                    None => break,
+                },
+            };
+            let (batch, next) = collect(first, &mut rx, config).await;
+            carried = next;
+            cut.push(batch.iter().map(Incoming::rows).collect());
+        }
+        cut
+    }
+
+    #[tokio::test]
+    async fn a_batch_ends_at_the_message_row_or_byte_bound_and_a_huge_message_is_alone() {
+        let by_messages = batches(&config(2, 1000, 1 << 20), &[1, 1, 1, 1, 1]).await;
+        assert_eq!(by_messages, [vec![1, 1], vec![1, 1], vec![1]]);
+
+        let by_rows = batches(&config(100, 10, 1 << 20), &[4, 4, 4, 25, 3, 3, 4, 1]).await;
+        assert_eq!(
+            by_rows,
+            [vec![4, 4], vec![4], vec![25], vec![3, 3, 4], vec![1]],
+            "never more than 10 rows, unless one message has more"
+        );
+
+        let size = Incoming::new(message(1)).bytes();
+        let by_bytes = batches(&config(100, 1000, size * 2 + 1), &[1, 1, 1, 1, 1]).await;
+        assert_eq!(by_bytes, [vec![1, 1], vec![1, 1], vec![1]]);
+    }
 }

@@ -17,7 +17,7 @@ async fn serve_logs_one_upgrade_per_migration_on_an_empty_database_and_none_on_t
     first.wait_ready(BOOT_DEADLINE).await;
     assert_eq!(
         first.count("Running upgrade"),
-        7,
+        9,
         "{:#?}",
         first.log_lines()
     );
@@ -40,7 +40,7 @@ async fn serve_logs_one_upgrade_per_migration_on_an_empty_database_and_none_on_t
 
     let (ok, stdout, _) = run_gito_api(&db.url, &["migrate", "current"]).await;
     assert!(ok);
-    assert_eq!(stdout.trim(), "007_api_tokens (head)");
+    assert_eq!(stdout.trim(), "009_device_notify (head)");
 }
 
 #[tokio::test]
@@ -56,14 +56,14 @@ async fn eight_replicas_started_together_all_become_ready_and_each_migration_run
     )
     .await;
     let upgrades: usize = replicas.iter().map(|r| r.count("Running upgrade")).sum();
-    assert_eq!(upgrades, 7, "each migration logged by exactly one replica");
+    assert_eq!(upgrades, 9, "each migration logged by exactly one replica");
     let mut conn = db.connect().await;
     let rows: Vec<(i64,)> =
         sqlx::query_as("SELECT version FROM gito_schema_migrations ORDER BY version")
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(rows, [(1,), (2,), (3,), (4,), (5,), (6,), (7,)]);
+    assert_eq!(rows, [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,)]);
     let advisory: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
          WHERE l.locktype = 'advisory' AND d.datname = current_database()",
@@ -97,7 +97,7 @@ async fn boot_refuses_a_database_newer_than_the_code() {
     let db = TestDb::empty().await;
     assert!(run_gito_api(&db.url, &["migrate", "up"]).await.0);
     let mut conn = db.connect().await;
-    sqlx::query("INSERT INTO gito_schema_migrations (version, name, checksum, execution_ms) VALUES (8, '008_newer', '\\x00', 1)")
+    sqlx::query("INSERT INTO gito_schema_migrations (version, name, checksum, execution_ms) VALUES (10, '010_newer', '\\x00', 1)")
         .execute(&mut conn)
         .await
         .expect("insert");
@@ -105,13 +105,13 @@ async fn boot_refuses_a_database_newer_than_the_code() {
     assert!(!ok, "must not start");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.contains("008_newer") && last.contains("database newer than code"),
+        last.contains("010_newer") && last.contains("database newer than code"),
         "{stderr}"
     );
     let (ok, stdout, _) = run_gito_api(&db.url, &["migrate", "current"]).await;
     assert!(ok);
     assert!(
-        stdout.starts_with("008_newer (unknown to this gito-api"),
+        stdout.starts_with("010_newer (unknown to this gito-api"),
         "{stdout}"
     );
 }
@@ -155,26 +155,26 @@ async fn migrate_commands_print_what_operators_expect() {
 
     let (ok, stdout, _) = run(&["migrate", "current"]).await;
     assert!(ok);
-    assert_eq!(stdout.trim(), "base (7 pending)");
+    assert_eq!(stdout.trim(), "base (9 pending)");
 
     let (ok, stdout, stderr) = run(&["migrate", "up", "--to", "003"]).await;
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "applied 3 migration(s); now at 003_device_types (4 pending)"
+        "applied 3 migration(s); now at 003_device_types (6 pending)"
     );
     assert_eq!(stderr.matches("Running upgrade").count(), 3, "{stderr}");
 
     let (ok, stdout, _) = run(&["migrate", "history"]).await;
     assert!(ok);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 7, "{stdout}");
+    assert_eq!(lines.len(), 9, "{stdout}");
     assert!(
-        lines[0].starts_with("007_api_tokens (head)") && lines[0].ends_with("pending"),
+        lines[0].starts_with("009_device_notify (head)") && lines[0].ends_with("pending"),
         "{stdout}"
     );
     assert!(
-        lines[4].starts_with("003_device_types") && lines[4].contains("applied 20"),
+        lines[6].starts_with("003_device_types") && lines[6].contains("applied 20"),
         "{stdout}"
     );
 
@@ -182,12 +182,12 @@ async fn migrate_commands_print_what_operators_expect() {
     assert!(ok);
     assert_eq!(
         stdout.trim(),
-        "reverted 1 migration(s); now at 002_device_hierarchy (5 pending)"
+        "reverted 1 migration(s); now at 002_device_hierarchy (7 pending)"
     );
 
-    let (ok, stdout, stderr) = run(&["migrate", "stamp", "007_api_tokens"]).await;
+    let (ok, stdout, stderr) = run(&["migrate", "stamp", "009_device_notify"]).await;
     assert!(ok);
-    assert_eq!(stdout.trim(), "stamped 007_api_tokens");
+    assert_eq!(stdout.trim(), "stamped 009_device_notify");
     assert!(
         stderr.contains("without running any SQL"),
         "stamp warns: {stderr}"

@@ -9,6 +9,7 @@ mod errors;
 mod helpers;
 mod hierarchy;
 mod hostile;
+mod isolation;
 mod liveness;
 mod migrations;
 mod processor;

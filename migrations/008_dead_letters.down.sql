@@ -1,0 +1,2 @@
+-- Every dead letter is deleted with the table.
+DROP TABLE dead_letters;
