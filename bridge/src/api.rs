@@ -1,10 +1,15 @@
 //! Finds the gito device of a topic's device path, creating it on first sight through the API's
-//! idempotent `POST /tenants/{tenant_id}/devices`. Known ids are cached; after a restart the
-//! cache refills through the same call, which returns the existing device.
+//! idempotent `POST /tenants/{tenant_id}/devices`. Known ids are cached (least recently used go
+//! first past `GITO_BRIDGE_DEVICE_CACHE_MAX`); after a restart or an eviction the cache refills
+//! through the same call, which returns the existing device. Creations are bounded by a budget
+//! per minute (`GITO_BRIDGE_MAX_NEW_DEVICES_PER_MINUTE`): a new path over it waits, spooled,
+//! until the budget refills — so a flood of garbage topics cannot flood the device table, and no
+//! message is dropped for it.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use hashlink::LruCache;
 
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -25,13 +30,59 @@ pub enum ResolveError {
     /// The API will never accept this device (e.g. a name it considers invalid).
     #[error("gito-api refused the device ({status}): {body}")]
     Rejected { status: StatusCode, body: String },
+    /// The budget of new devices per minute is spent: retry when it refilled.
+    #[error("the budget of new devices per minute is spent")]
+    OverBudget,
 }
 
 pub struct DeviceResolver {
     http: reqwest::Client,
     devices_url: Url,
     token: SecretString,
-    cache: Mutex<HashMap<String, Uuid>>,
+    cache: Mutex<LruCache<String, Uuid>>,
+    budget: Option<Mutex<Budget>>,
+}
+
+/// A token bucket of device creations: `per_minute` at once at most, refilled continuously.
+struct Budget {
+    per_minute: f64,
+    tokens: f64,
+    refilled: Instant,
+    /// Over-budget waits since the last log line, and when that was.
+    waits: u64,
+    logged: Option<Instant>,
+}
+
+impl Budget {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * self.per_minute / 60.0;
+        self.tokens = (self.tokens + refill).min(self.per_minute);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        self.waits += 1;
+        if self
+            .logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                per_minute = self.per_minute,
+                waits = self.waits,
+                "new devices over GITO_BRIDGE_MAX_NEW_DEVICES_PER_MINUTE: their messages wait in the spool"
+            );
+            self.logged = Some(now);
+            self.waits = 0;
+        }
+        false
+    }
+
+    /// The call found an existing device: it created nothing.
+    fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.per_minute);
+    }
 }
 
 #[derive(Deserialize)]
@@ -40,7 +91,15 @@ struct Created {
 }
 
 impl DeviceResolver {
-    pub fn new(api_url: &Url, tenant_id: Uuid, token: SecretString) -> anyhow::Result<Self> {
+    /// `cache_max` ids at most are cached; `new_per_minute` devices at most are created per
+    /// minute (0: unbounded).
+    pub fn new(
+        api_url: &Url,
+        tenant_id: Uuid,
+        token: SecretString,
+        cache_max: usize,
+        new_per_minute: u32,
+    ) -> anyhow::Result<Self> {
         let devices_url = api_url.join(&format!("tenants/{tenant_id}/devices"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -50,7 +109,16 @@ impl DeviceResolver {
             http,
             devices_url,
             token,
-            cache: Mutex::default(),
+            cache: Mutex::new(LruCache::new(cache_max.max(1))),
+            budget: (new_per_minute > 0).then(|| {
+                Mutex::new(Budget {
+                    per_minute: f64::from(new_per_minute),
+                    tokens: f64::from(new_per_minute),
+                    refilled: Instant::now(),
+                    waits: 0,
+                    logged: None,
+                })
+            }),
         })
     }
 
@@ -62,12 +130,16 @@ impl DeviceResolver {
             .copied()
     }
 
+    pub fn cached_len(&self) -> usize {
+        self.cache.lock().expect("cache lock").len()
+    }
+
     /// Forgets a deleted device, so that its path's next message creates a new one. `true` if
     /// it was cached.
     pub fn forget(&self, device_id: Uuid, external_id: Option<&str>) -> bool {
         let mut cache = self.cache.lock().expect("cache lock");
         match external_id {
-            Some(external_id) if cache.get(external_id) == Some(&device_id) => {
+            Some(external_id) if cache.peek(external_id) == Some(&device_id) => {
                 cache.remove(external_id);
                 true
             }
@@ -84,7 +156,18 @@ impl DeviceResolver {
         if let Some(id) = self.cached(&mapped.external_id) {
             return Ok(id);
         }
+        if let Some(budget) = &self.budget
+            && !budget.lock().expect("budget lock").take()
+        {
+            Metrics::add(&metrics.device_budget_waits, 1);
+            return Err(ResolveError::OverBudget);
+        }
         let result = self.create(mapped).await;
+        if !matches!(result, Ok((_, true)))
+            && let Some(budget) = &self.budget
+        {
+            budget.lock().expect("budget lock").refund();
+        }
         match &result {
             Ok((id, created)) => {
                 if *created {

@@ -117,6 +117,22 @@ pub struct BridgeConfig {
     /// crashes: must exceed the local broker's `autosave_interval` (5 s as shipped).
     #[arg(long, env = "GITO_BRIDGE_REPLAY_WINDOW_SECS", default_value_t = 15)]
     pub replay_window_secs: u64,
+    /// Device paths whose id is cached; past it the least recently used are forgotten (and asked
+    /// for again when they next publish).
+    #[arg(
+        long,
+        env = "GITO_BRIDGE_DEVICE_CACHE_MAX",
+        default_value_t = 1_000_000
+    )]
+    pub device_cache_max: usize,
+    /// Devices the bridge may create per minute (0: no bound); messages of new paths over it wait
+    /// in the spool until the budget refills.
+    #[arg(
+        long,
+        env = "GITO_BRIDGE_MAX_NEW_DEVICES_PER_MINUTE",
+        default_value_t = 60_000
+    )]
+    pub max_new_devices_per_minute: u32,
     /// Memory the replay window may use; past it the oldest entries leave early (logged).
     #[arg(long, env = "GITO_BRIDGE_REPLAY_MAX_BYTES", default_value_t = 64 << 20)]
     pub replay_max_bytes: usize,

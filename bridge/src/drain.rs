@@ -55,6 +55,12 @@ pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
                         tracing::error!(%status, body, external_id = record.external_id, "the API refused the device; spooled message dropped");
                         break None;
                     }
+                    Err(ResolveError::OverBudget) => {
+                        // Refills continuously: try again soon, without backing off.
+                        if sleep_or_stop(&stop, Duration::from_millis(100)).await {
+                            return;
+                        }
+                    }
                     Err(ResolveError::Unavailable(_)) => {
                         if sleep_or_stop(&stop, api_backoff.next_delay()).await {
                             return;

@@ -271,8 +271,8 @@ impl Forwarder {
                 self.ack(ack);
                 return;
             }
-            Err(ResolveError::Unavailable(why)) => {
-                let reason = format!("gito-api unavailable: {why}");
+            Err(why @ (ResolveError::Unavailable(_) | ResolveError::OverBudget)) => {
+                let reason = why.to_string();
                 self.spill(Vec::new(), vec![(record, ack)], &reason, incoming)
                     .await;
                 return;

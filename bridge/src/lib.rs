@@ -74,8 +74,13 @@ pub async fn run_with_metrics(
             "resuming with messages left in the spool"
         );
     }
-    let resolver =
-        DeviceResolver::new(&config.api_url, config.tenant_id, config.api_token.clone())?;
+    let resolver = DeviceResolver::new(
+        &config.api_url,
+        config.tenant_id,
+        config.api_token.clone(),
+        config.device_cache_max,
+        config.max_new_devices_per_minute,
+    )?;
     let client_id = format!("gito-bridge-{}", config.tenant_id);
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub upstream_sessions_lost: AtomicU64,
     /// Deleted devices whose path the bridge forgot on the API's word.
     pub devices_forgotten: AtomicU64,
+    /// Device lookups that waited because the budget of new devices per minute was spent.
+    pub device_budget_waits: AtomicU64,
     /// Redeliveries recognized as such (they keep their first identity).
     pub redeliveries_recognized: AtomicU64,
     /// Redeliveries that could not be told from new messages (docs/BRIDGE.md).
@@ -92,7 +94,7 @@ impl Metrics {
         self.dropped[reason as usize].load(Ordering::Relaxed)
     }
 
-    fn counters(&self) -> [(&'static str, &'static str, u64); 11] {
+    fn counters(&self) -> [(&'static str, &'static str, u64); 12] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             (
@@ -139,6 +141,11 @@ impl Metrics {
                 "devices_forgotten",
                 "Deleted devices whose path the bridge forgot",
                 get(&self.devices_forgotten),
+            ),
+            (
+                "device_budget_waits",
+                "New device paths that waited for the budget of new devices per minute",
+                get(&self.device_budget_waits),
             ),
             (
                 "redeliveries_recognized",

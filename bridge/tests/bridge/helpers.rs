@@ -67,6 +67,8 @@ impl Stack {
             metrics_addr: None,
             stats_interval_secs: 60,
             replay_window_secs: 15,
+            device_cache_max: 1_000_000,
+            max_new_devices_per_minute: 60_000,
             replay_max_bytes: 64 << 20,
         }
     }

@@ -1,6 +1,7 @@
 //! Black-box tests of gito-bridge with real processes: two Mosquitto brokers (an "external" one
 //! devices publish to, the "local" one the processor reads), the real API on a fresh database.
 
+mod bounds;
 mod delivery;
 mod faults;
 mod helpers;
