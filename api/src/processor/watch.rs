@@ -16,7 +16,7 @@ use std::time::Duration;
 use gito_runtime::Backoff;
 use serde::Deserialize;
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgNotification, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPoolOptions};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -53,8 +53,8 @@ enum Change {
 }
 
 pub struct DeviceWatch {
-    /// One connection, for the listener alone.
-    pool: PgPool,
+    /// The processor's pool's, under a name of its own.
+    options: PgConnectOptions,
     listener: Option<PgListener>,
     retry_at: Instant,
     backoff: Backoff,
@@ -63,17 +63,11 @@ pub struct DeviceWatch {
 impl DeviceWatch {
     /// Connects lazily (the first `sync`), with the options of the processor's pool.
     pub fn new(pool: &PgPool) -> DeviceWatch {
-        // Named, so that an operator (or a test) can find it in pg_stat_activity.
-        let options = (*pool.connect_options())
-            .clone()
-            .application_name(APPLICATION_NAME);
         DeviceWatch {
-            pool: PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(TIMEOUT)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_lazy_with(options),
+            // Named, so that an operator (or a test) can find it in pg_stat_activity.
+            options: (*pool.connect_options())
+                .clone()
+                .application_name(APPLICATION_NAME),
             listener: None,
             retry_at: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
@@ -135,8 +129,16 @@ impl DeviceWatch {
     }
 
     async fn connect(&mut self, cache: &mut DeviceCache) {
+        // A pool of one connection per listener, never taken from the processor's pool; and a
+        // new one each time, so that a lost connection still being closed cannot hold it.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(TIMEOUT)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with(self.options.clone());
         let connected = async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
+            let mut listener = PgListener::connect_with(&pool).await?;
             listener.eager_reconnect(false);
             listener.listen(CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)

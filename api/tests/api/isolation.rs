@@ -292,6 +292,7 @@ async fn delete_mid_stream(deletion: Deletion) {
     .await;
     stop_tx.send(true).expect("stop");
     let longest = progress.await.expect("progress task");
+    eprintln!("longest pause of the other devices' rows: {longest:?}");
     assert!(
         longest < Duration::from_secs(1),
         "the other devices stalled for {longest:?}"
