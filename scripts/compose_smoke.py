@@ -115,6 +115,10 @@ def mqtt_pub(port, user, password, topic, client_id):
     return result.returncode, result.stdout + result.stderr
 
 
+def bridge_args(env):
+    return ["-u", "gito-bridge", "-P", env["MQTT_BRIDGE_PASSWORD"]]
+
+
 def mqtt_acl_checks(port, env, tenant):
     """The local broker's users and ACL, as init.sh generated them from the compose environment."""
     code, out = mqtt_pub(port, "gito-bridge", "not-the-password", f"{tenant}/devices/x/telemetry", "smoke-wrong")
@@ -144,6 +148,28 @@ def mqtt_acl_checks(port, env, tenant):
     received = [line for line in (lines + rest.splitlines()) if line.endswith(" 1") and "/devices/" in line]
     check("mqtt: the bridge's user publishes under its tenant's prefix", own_code == 0 and received[:1] == [f"{own_topic} 1"], "\n".join(lines + rest.splitlines())[-800:])
     check("mqtt: the bridge's user cannot publish under another tenant's prefix", other_code == 0 and all(other_topic not in line for line in received), "\n".join(received))
+
+    # Device events: gito-api announces, the bridge's user reads its own tenant's only. Published
+    # to the other tenant first: if the first event seen is its own, the other one was not
+    # delivered.
+    own_events, other_events = f"{tenant}/device-events", f"{other}/device-events"
+    subscriber = subprocess.Popen(
+        ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-i", "smoke-acl-events", *bridge_args(env),
+         "-q", "1", "-t", own_events, "-t", other_events, "-v", "-d", "-C", "1", "-W", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in subscriber.stdout:
+        lines.append(line.rstrip())
+        if "SUBACK" in line:
+            break
+    api = ("gito-api", env["MQTT_API_PASSWORD"])
+    other_code, _ = mqtt_pub(port, *api, other_events, "smoke-acl-events-other")
+    own_code, _ = mqtt_pub(port, *api, own_events, "smoke-acl-events-own")
+    rest, _ = subscriber.communicate(timeout=30)
+    received = [line for line in (lines + rest.splitlines()) if line.endswith(" 1") and "/device-events" in line]
+    check("mqtt: gito-api announces device events and the bridge's user reads its own tenant's only",
+          other_code == 0 and own_code == 0 and received == [f"{own_events} 1"],
+          "\n".join(lines + rest.splitlines())[-800:])
 
 
 compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
