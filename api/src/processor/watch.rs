@@ -141,15 +141,25 @@ impl DeviceWatch {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.eager_reconnect(false);
             listener.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
+            // A standalone processor may meet a schema not yet migrated: nothing would announce
+            // changes, and a cache would never learn of them.
+            let announced: bool =
+                sqlx::query_scalar("SELECT to_regproc('devices_notify') IS NOT NULL")
+                    .fetch_one(&mut listener)
+                    .await?;
+            Ok::<_, sqlx::Error>(announced.then_some(listener))
         };
         match tokio::time::timeout(TIMEOUT, connected).await {
-            Ok(Ok(listener)) => {
+            Ok(Ok(Some(listener))) => {
                 self.listener = Some(listener);
                 self.backoff.reset();
                 cache.set_enabled(true);
                 tracing::info!("device cache: listening for changes");
             }
+            Ok(Ok(None)) => self.lost(
+                cache,
+                "the schema is older than 009_device_notify (nothing announces changes)",
+            ),
             Ok(Err(e)) => self.lost(cache, &e.to_string()),
             Err(_) => self.lost(cache, "no connection within 2 s"),
         }
