@@ -1,0 +1,116 @@
+//! Processes that die: the local broker (SIGKILL, with the processor away so that messages sit
+//! in it), the bridge (SIGKILL), the processor (SIGKILL), and the API stopped while new devices
+//! keep appearing.
+
+use std::time::{Duration, SystemTime};
+
+use crate::publisher::{Layout, Plan, Publisher};
+use crate::stack::{Options, Stack};
+use crate::turn;
+
+const REPUBLISHED: &str = "gito_bridge_republished_total";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_broker_sigkill_with_the_processor_away_loses_nothing_the_bridge_acknowledged() {
+    let _turn = turn().await;
+    let mut stack = Stack::start(Options::default()).await;
+    // A broker that ran for a while has the processor's subscription on disk: wait for the
+    // first autosave (the shipped autosave_interval is 5 s) so that only messages are at stake.
+    stack.wait_local_broker_saved(SystemTime::now()).await;
+    let plan = Plan::new("LBKILL", 20, 3000, 600);
+    let mut devices = Publisher::connect(&stack.external.url()).await;
+    devices.stream(&plan);
+    stack.wait_stored(plan.prefix, 300).await;
+
+    // The processor away: what the bridge republishes now waits in the local broker's memory.
+    stack.stop_api().await;
+    let before = stack.bridge_metric(REPUBLISHED).await.unwrap_or(0);
+    stack
+        .wait_bridge_metric(REPUBLISHED, before + 1000, Duration::from_secs(20))
+        .await;
+    let at_risk = stack.bridge_metric(REPUBLISHED).await.unwrap_or(0) - before;
+    // Killed before its next autosave, as by the OOM killer; back on the same port and data.
+    stack.kill_local_broker().await;
+    stack.start_local_broker().await;
+    stack.start_api().await;
+
+    devices.finish().await;
+    let report = stack.settle(plan.prefix, &plan.all()).await;
+    let scenario = format!(
+        "local broker SIGKILL ({at_risk} acknowledged upstream and held by the broker at the kill)"
+    );
+    report.print(&scenario);
+    report.assert_exact(&scenario);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_sigkill_mid_stream_stores_every_bare_value_once() {
+    let _turn = turn().await;
+    let mut stack = Stack::start(Options::default()).await;
+    let plan = Plan::new("BRKILL", 30, 4000, 1000);
+    let mut devices = Publisher::connect(&stack.external.url()).await;
+    devices.stream(&plan);
+    // Three times: each kill catches whatever was republished and not yet acknowledged upstream.
+    for at in [500, 1500, 2500] {
+        stack.wait_stored(plan.prefix, at).await;
+        stack.kill_bridge().await;
+        stack.start_bridge().await;
+    }
+
+    devices.finish().await;
+    let report = stack.settle(plan.prefix, &plan.all()).await;
+    report.print("bridge SIGKILL (3 times)");
+    report.assert_exact("bridge SIGKILL (3 times)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processor_sigkill_mid_stream_stores_every_value_once() {
+    let _turn = turn().await;
+    let mut stack = Stack::start(Options::default()).await;
+    let plan = Plan::new("PRKILL", 20, 2000, 500);
+    let mut devices = Publisher::connect(&stack.external.url()).await;
+    devices.stream(&plan);
+    stack.wait_stored(plan.prefix, 400).await;
+
+    stack.kill_api().await;
+    stack.start_api().await;
+
+    devices.finish().await;
+    let report = stack.settle(plan.prefix, &plan.all()).await;
+    report.print("processor (gito-api) SIGKILL");
+    report.assert_exact("processor (gito-api) SIGKILL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_down_while_new_devices_keep_appearing_loses_nothing_and_creates_each_device_once() {
+    let _turn = turn().await;
+    let mut stack = Stack::start(Options::default()).await;
+    // Five messages per device path, a new path every 12.5 ms, to the end of the stream.
+    let plan = Plan::new("APIDOWN", 400, 2000, 400).layout(Layout::Blocks(5));
+    let mut devices = Publisher::connect(&stack.external.url()).await;
+    devices.stream(&plan);
+    stack.wait_stored(plan.prefix, 300).await;
+
+    stack.stop_api().await;
+    // Down long enough for the bridge to meet many unknown devices: it spools them.
+    let spooled = stack
+        .bridge_metric("gito_bridge_spooled_total")
+        .await
+        .unwrap_or(0);
+    stack
+        .wait_bridge_metric(
+            "gito_bridge_spooled_total",
+            spooled + 400,
+            Duration::from_secs(20),
+        )
+        .await;
+    stack.start_api().await;
+
+    devices.finish().await;
+    let report = stack.settle(plan.prefix, &plan.all()).await;
+    let devices_created = stack.device_count(plan.prefix).await;
+    let scenario = format!("API down while new devices appear ({devices_created} devices of 400)");
+    report.print(&scenario);
+    report.assert_exact(&scenario);
+    assert_eq!(devices_created, 400, "one device per path");
+}
