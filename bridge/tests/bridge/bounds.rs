@@ -94,9 +94,11 @@ async fn a_device_announced_as_deleted_comes_back_as_a_new_device_on_its_next_me
         )],
     )
     .await;
-    wait(Duration::from_secs(10), "the bridge forgot the device", || async {
-        bridge.metrics.devices_forgotten.load(Ordering::Relaxed) == 1
-    })
+    wait(
+        Duration::from_secs(10),
+        "the bridge forgot the device",
+        || async { bridge.metrics.devices_forgotten.load(Ordering::Relaxed) == 1 },
+    )
     .await;
 
     device.publish("GONE/PUMP/v", reading(2)).await;
