@@ -26,8 +26,6 @@
 //! does not survive that either).
 
 use std::collections::HashMap;
-#[cfg(test)]
-use std::fs::OpenOptions;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -305,7 +303,7 @@ mod tests {
         let kept = receipts.stamp(3, false, 33).0;
         for round in 0..(COMPACT_AFTER / ENTRY as u64 / 2 + 10) {
             let pkid = 100 + (round % 1000) as u16;
-            receipts.stamp(pkid, false, round).0;
+            receipts.stamp(pkid, false, round);
             receipts.ack_sent(pkid);
         }
         receipts.flush().expect("flush");
