@@ -1,6 +1,6 @@
 //! Processes that die: the local broker (SIGKILL, with the processor away so that messages sit
-//! in it), the bridge (SIGKILL), the processor (SIGKILL), and the API stopped while new devices
-//! keep appearing.
+//! in it; and a plain restart), the bridge (SIGKILL), the processor (SIGKILL), and the API
+//! stopped while new devices keep appearing.
 
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +41,26 @@ async fn local_broker_sigkill_with_the_processor_away_loses_nothing_the_bridge_a
     );
     report.print(&scenario);
     report.assert_exact(&scenario);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_broker_restart_mid_stream_loses_nothing() {
+    let _turn = turn().await;
+    let mut stack = Stack::start(Options::default()).await;
+    let plan = Plan::new("LBRESTART", 20, 2500, 500);
+    let mut devices = Publisher::connect(&stack.external.url()).await;
+    devices.stream(&plan);
+    stack.wait_stored(plan.prefix, 300).await;
+
+    // As an orchestrator restarts it (SIGTERM: it saves its persistence), the processor
+    // connected throughout.
+    stack.stop_local_broker().await;
+    stack.start_local_broker().await;
+
+    devices.finish().await;
+    let report = stack.settle(plan.prefix, &plan.all()).await;
+    report.print("local broker restart (SIGTERM)");
+    report.assert_exact("local broker restart (SIGTERM)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

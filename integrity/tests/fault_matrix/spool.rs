@@ -1,11 +1,15 @@
-//! The spool's disk fills up (ENOSPC) while the local broker is down: the bridge must stop
+//! The spool's disk fills up (ENOSPC) while the bridge cannot forward: it must stop
 //! acknowledging what it cannot write (the external broker keeps it), never tear or strand an
-//! acknowledged record, and deliver everything once the broker is back and the spool drains.
+//! acknowledged record, and deliver everything once it can forward again and the spool drains.
+//!
+//! The bridge is sent to its spool by stopping gito-api while new device paths keep appearing
+//! (an unknown device cannot be resolved), not by stopping the local broker: a local broker
+//! restart is a scenario of its own (processes.rs), and this one is about the spool alone.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::publisher::{Plan, Publisher};
+use crate::publisher::{Layout, Plan, Publisher};
 use crate::stack::{Options, Stack};
 use crate::turn;
 use crate::wait::wait_for;
@@ -72,13 +76,15 @@ async fn a_full_spool_disk_loses_nothing_acknowledged() {
         ..Options::default()
     })
     .await;
-    let plan = Plan::new("ENOSPC", 10, 3000, 600);
+    // A new device path every 5 messages, to the end of the stream.
+    let plan = Plan::new("ENOSPC", 600, 3000, 600).layout(Layout::Blocks(5));
     let mut devices = Publisher::connect(&stack.external.url()).await;
     devices.stream(&plan);
     stack.wait_stored(plan.prefix, 200).await;
 
-    // The local broker down: the bridge spools, and 256 KiB hold about a thousand messages.
-    stack.stop_local_broker().await;
+    // The API down: the next new device sends the bridge to its spool, and everything after
+    // goes there too; 256 KiB hold about a thousand messages.
+    stack.stop_api().await;
     wait_for(Duration::from_secs(30), "the spool's disk full", || async {
         tmpfs.used() >= 240 * 1024
     })
@@ -87,7 +93,7 @@ async fn a_full_spool_disk_loses_nothing_acknowledged() {
     // The external broker acknowledged every message; those the bridge could not write stay
     // there, unacknowledged by the bridge.
     devices.finish().await;
-    stack.start_local_broker().await;
+    stack.start_api().await;
 
     let report = stack.settle(plan.prefix, &plan.all()).await;
     let scenario = format!(
@@ -97,4 +103,83 @@ async fn a_full_spool_disk_loses_nothing_acknowledged() {
     report.print(&scenario);
     report.assert_exact(&scenario);
     drop(stack);
+}
+
+/// The seam's source; compiled per run with the system C compiler.
+const EIO_SHIM: &str = include_str!("eio_shim.c");
+
+/// Builds the EIO seam into `dir`; returns the shared object's path.
+fn build_eio_shim(dir: &Path) -> PathBuf {
+    let source = dir.join("eio_shim.c");
+    let library = dir.join("libfm_eio.so");
+    std::fs::write(&source, EIO_SHIM).expect("write the seam's source");
+    let output = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .expect("cc runs (the spool EIO scenario needs a C compiler)");
+    assert!(
+        output.status.success(),
+        "building the EIO seam: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    library
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_writes_failing_with_eio_mid_append_lose_nothing_acknowledged() {
+    let _turn = turn().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let library = build_eio_shim(work.path());
+    let spool_dir = work.path().join("spool");
+    let (flag, faults) = (work.path().join("eio-on"), work.path().join("eio.log"));
+    let mut stack = Stack::start(Options {
+        spool_dir: Some(spool_dir.clone()),
+        bridge_env: vec![
+            ("LD_PRELOAD", library.display().to_string()),
+            ("FM_EIO_DIR", spool_dir.display().to_string()),
+            ("FM_EIO_FLAG", flag.display().to_string()),
+            ("FM_EIO_LOG", faults.display().to_string()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let plan = Plan::new("EIO", 600, 3000, 600).layout(Layout::Blocks(5));
+    let mut devices = Publisher::connect(&stack.external.url()).await;
+    devices.stream(&plan);
+    stack.wait_stored(plan.prefix, 200).await;
+
+    // To the spool (the API down, new devices keep coming), then its disk fails mid-append for
+    // as long as the bridge takes to receive 300 more messages, then recovers.
+    stack.stop_api().await;
+    let spooled = "gito_bridge_spooled_total";
+    let before = stack.bridge_metric(spooled).await.unwrap_or(0);
+    stack
+        .wait_bridge_metric(spooled, before + 200, Duration::from_secs(20))
+        .await;
+    std::fs::write(&flag, "").expect("switch the seam on");
+    // (At most 5 s: a bridge that stops taking messages while it cannot write stalls the count.)
+    let received = "gito_bridge_received_total";
+    let before = stack.bridge_metric(received).await.unwrap_or(0);
+    let failing_since = std::time::Instant::now();
+    while stack.bridge_metric(received).await.unwrap_or(0) < before + 300
+        && failing_since.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(&flag).expect("switch the seam off");
+    let injected = std::fs::read_to_string(&faults)
+        .unwrap_or_default()
+        .lines()
+        .count();
+
+    devices.finish().await;
+    stack.start_api().await;
+    let report = stack.settle(plan.prefix, &plan.all()).await;
+    let scenario = format!("spool EIO mid-append ({injected} faults injected)");
+    report.print(&scenario);
+    assert!(injected > 0, "the seam never fired: {scenario}");
+    report.assert_exact(&scenario);
 }
