@@ -117,7 +117,7 @@ async fn a_device_deleted_mid_stream_stalls_no_other_device_and_comes_back_as_a_
         "no dead_letters table".to_owned()
     };
     let scenario = format!(
-        "device deleted mid-stream (others' longest stall {:.2} s; deleted path: sent {}, \
+        "device deleted mid-stream (others' longest stall {:.1} s, polled every 0.1 s; deleted path: sent {}, \
          stored before the deletion {}, stored for a new device {for_new}, dead-lettered \
          {dead_letters}, unaccounted {}, twice {twice}; came back as a new device: {})",
         worst_stall.as_secs_f64(),
