@@ -12,6 +12,7 @@
 //! five processes, and timing bounds mean little on an overloaded machine.
 
 mod db;
+mod inspect;
 mod ledger;
 mod mosquitto;
 mod postgres;

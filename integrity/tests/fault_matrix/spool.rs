@@ -96,8 +96,11 @@ async fn a_full_spool_disk_loses_nothing_acknowledged() {
     stack.start_api().await;
 
     let report = stack.settle(plan.prefix, &plan.all()).await;
+    // Not received is not lost: the external broker still holds it. But it never came.
+    let received = stack.bridge_metric("gito_bridge_received_total").await;
     let scenario = format!(
-        "spool ENOSPC (256 KiB tmpfs filled: {} KiB written, {spooled:?} spooled)",
+        "spool ENOSPC (256 KiB tmpfs filled: {} KiB written, {spooled:?} spooled, the bridge \
+         received {received:?} in all, probes included)",
         tmpfs.used() / 1024
     );
     report.print(&scenario);
