@@ -396,7 +396,7 @@ gito is running ($(($(date +%s) - started_at)) s to here). Ctrl-C stops it.
   environment    export DATABASE_URL=$(printf %q "$database_url") PATH=$(printf %q "$PWD/target/release"):\$PATH
                  (then the README's commands run as written, e.g. gito-api migrate current)
   tokens         export GITO_ADMIN_TOKEN=$admin_token
-                 export GITO_TOKEN=$bridge_token   (the tenant's, used by the bridge)
+                 export GITO_TOKEN=$bridge_token   # the tenant's, used by the bridge
                  (both kept in $state/ and reused by the next run)
   devices        curl -s -H "Authorization: Bearer \$GITO_TOKEN" 'http://127.0.0.1:$api_port/tenants/$tenant/devices?limit=5'
   unclassified   curl -s -H "Authorization: Bearer \$GITO_TOKEN" 'http://127.0.0.1:$api_port/tenants/$tenant/devices?unassigned=true'
