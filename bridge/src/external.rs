@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use gito_runtime::mqtt::{self, Status};
+use gito_runtime::mqtt::{self, Resubscribe, Status};
 use rumqttc::{AsyncClient, MqttOptions, Publish};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -46,47 +46,59 @@ pub fn start(
         // without our session dropped what it had queued for us meanwhile (if anything).
         let mut away_since: Option<OffsetDateTime> = None;
         let mut ever_connected = false;
-        let received = mqtt::receive(eventloop, subscriber, filters, tx, intake, |status| {
-            match status {
-                Status::Connected { session_present } => {
-                    tracing::info!(?broker, session_present, "connected to the external broker");
-                    if ever_connected && !session_present {
-                        Metrics::add(&metrics.upstream_sessions_lost, 1);
-                        let from = away_since.map(|t| t.to_string()).unwrap_or_default();
-                        let to = OffsetDateTime::now_utc().to_string();
-                        tracing::error!(
-                            %from,
-                            %to,
-                            "the external broker lost our session: messages published for us between these times may be lost upstream (check its persistence and session expiry)"
+        let received = mqtt::receive(
+            eventloop,
+            subscriber,
+            filters,
+            Resubscribe::IfSessionLost,
+            tx,
+            intake,
+            |status| {
+                match status {
+                    Status::Connected { session_present } => {
+                        tracing::info!(
+                            ?broker,
+                            session_present,
+                            "connected to the external broker"
                         );
+                        if ever_connected && !session_present {
+                            Metrics::add(&metrics.upstream_sessions_lost, 1);
+                            let from = away_since.map(|t| t.to_string()).unwrap_or_default();
+                            let to = OffsetDateTime::now_utc().to_string();
+                            tracing::error!(
+                                %from,
+                                %to,
+                                "the external broker lost our session: messages published for us between these times may be lost upstream (check its persistence and session expiry)"
+                            );
+                        }
+                        ever_connected = true;
+                        away_since = None;
+                        // A broker that kept our session keeps our subscriptions too.
+                        if session_present {
+                            Metrics::set(&metrics.external_connected, true);
+                        }
                     }
-                    ever_connected = true;
-                    away_since = None;
-                    // A broker that kept our session keeps our subscriptions too.
-                    if session_present {
+                    Status::Subscribed => {
+                        tracing::info!(?topics, "subscribed on the external broker");
                         Metrics::set(&metrics.external_connected, true);
                     }
-                }
-                Status::Subscribed => {
-                    tracing::info!(?topics, "subscribed on the external broker");
-                    Metrics::set(&metrics.external_connected, true);
-                }
-                Status::SubscriptionRefused => {
-                    tracing::error!(?topics, "the external broker refused a subscription");
-                }
-                Status::Received => Metrics::add(&metrics.received, 1),
-                Status::AckSent(pkid) => receipts.lock().expect("receipts lock").ack_sent(pkid),
-                Status::Lost(e) => {
-                    if ever_connected {
-                        away_since.get_or_insert_with(OffsetDateTime::now_utc);
+                    Status::SubscriptionRefused => {
+                        tracing::error!(?topics, "the external broker refused a subscription");
                     }
-                    Metrics::set(&metrics.external_connected, false);
-                    Metrics::add(&metrics.broker_errors, 1);
-                    tracing::warn!(error = %e, "external broker connection lost; reconnecting");
+                    Status::Received => Metrics::add(&metrics.received, 1),
+                    Status::AckSent(pkid) => receipts.lock().expect("receipts lock").ack_sent(pkid),
+                    Status::Lost(e) => {
+                        if ever_connected {
+                            away_since.get_or_insert_with(OffsetDateTime::now_utc);
+                        }
+                        Metrics::set(&metrics.external_connected, false);
+                        Metrics::add(&metrics.broker_errors, 1);
+                        tracing::warn!(error = %e, "external broker connection lost; reconnecting");
+                    }
                 }
-            }
-            ControlFlow::Continue(())
-        });
+                ControlFlow::Continue(())
+            },
+        );
         // The observer never breaks: the loop only ends with the disconnect.
         let _ = received.await;
     });

@@ -231,10 +231,10 @@ impl Forwarder {
             Identity::Recognized => Metrics::add(&self.ctx.metrics.redeliveries_recognized, 1),
             Identity::Ambiguous => {
                 Metrics::add(&self.ctx.metrics.ambiguous_redeliveries, 1);
-                tracing::warn!(
+                tracing::info!(
                     topic = publish.topic,
                     pkid = publish.pkid,
-                    "a redelivery after our ack went out, with the same bytes as the acknowledged message: stored as new (it may be stored twice)"
+                    "redelivered although our ack had gone out (the broker did not read it): it keeps its first identity"
                 );
             }
         }

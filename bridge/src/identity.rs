@@ -18,12 +18,16 @@
 //! redelivers a message the bridge must recognize.
 //!
 //! What cannot be told apart: a redelivery under a packet id whose acknowledgement had gone out,
-//! with the same bytes. Either the broker never got that ack (the connection died with it), or it
-//! did, reused the id for a new message with byte-identical topic and payload, and that one was
-//! lost in transit. The bridge cannot know which; it stores the message (a possible duplicate
-//! rather than a possible loss), counts it as `ambiguous_redeliveries` and logs it. The journal is
-//! written, not fsynced: it survives the bridge's crash, not the host's (the local broker's queue
-//! does not survive that either).
+//! with the same bytes. Either the broker never read that ack (it restarted, or the connection
+//! died with the ack in flight: the common case, seen on every restart of the external broker), or
+//! it did, reused the id for a new message with byte-identical topic and payload, and that one was
+//! lost in transit. Brokers that hand out packet ids in sequence (Mosquitto does) reuse an id only
+//! after 65,535 others, so an entry acknowledged fewer than 32,768 messages ago is taken for the
+//! first case (the redelivery keeps its first stamp), an older one for the second (a new stamp).
+//! Every such decision is counted (`ambiguous_redeliveries`); with a broker that reuses an id at
+//! once, a new message byte-identical to the previous one under its id and lost in transit would
+//! be taken for a redelivery there. The journal is written, not fsynced: it survives the bridge's
+//! crash, not the host's (the local broker's queue does not survive that either).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -34,8 +38,10 @@ use time::OffsetDateTime;
 
 const RECEIPT: u8 = 1;
 const ACKED: u8 = 2;
-/// kind, packet id, fingerprint, stamp.
-const ENTRY: usize = 1 + 2 + 8 + 8;
+/// kind, packet id, fingerprint, stamp, receipt number.
+const ENTRY: usize = 1 + 2 + 8 + 8 + 8;
+/// An acknowledged entry this many receipts old or more is a packet id the broker reused.
+const RECENT: u64 = 32_768;
 /// Past this size the journal is rewritten with one entry per packet id.
 const COMPACT_AFTER: u64 = 16 << 20;
 
@@ -51,6 +57,8 @@ pub struct Receipts {
     /// Packet id → the last message received under it.
     entries: HashMap<u16, Entry>,
     last_stamp: i64,
+    /// Messages received so far (kept across restarts): how old an entry is.
+    received: u64,
     /// Redeliveries that found their first stamp.
     pub recognized: u64,
     /// Redeliveries that could not be told from a new message (see the module's documentation).
@@ -63,7 +71,8 @@ pub enum Identity {
     New,
     /// A redelivery of a message received before: its first stamp.
     Recognized,
-    /// A redelivery that could not be told from a new message: a new stamp.
+    /// A redelivery although our ack had gone out: taken for one (see the module's
+    /// documentation), its first stamp.
     Ambiguous,
 }
 
@@ -73,6 +82,8 @@ struct Entry {
     stamp: i64,
     /// Our acknowledgement of it went out.
     acked: bool,
+    /// `received` when it arrived.
+    seq: u64,
 }
 
 impl Receipts {
@@ -82,6 +93,7 @@ impl Receipts {
         let path = dir.join("receipts");
         let mut entries = HashMap::new();
         let mut last_stamp = 0;
+        let mut received = 0;
         if let Ok(mut file) = File::open(&path) {
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes)?;
@@ -90,18 +102,19 @@ impl Receipts {
                 let pkid = u16::from_le_bytes([raw[1], raw[2]]);
                 let print = u64::from_le_bytes(raw[3..11].try_into().expect("8 bytes"));
                 let stamp = i64::from_le_bytes(raw[11..19].try_into().expect("8 bytes"));
+                let seq = u64::from_le_bytes(raw[19..27].try_into().expect("8 bytes"));
                 match raw[0] {
                     RECEIPT => {
                         let acked = false;
-                        entries.insert(
-                            pkid,
-                            Entry {
-                                print,
-                                stamp,
-                                acked,
-                            },
-                        );
+                        let entry = Entry {
+                            print,
+                            stamp,
+                            acked,
+                            seq,
+                        };
+                        entries.insert(pkid, entry);
                         last_stamp = last_stamp.max(stamp);
+                        received = received.max(seq);
                     }
                     ACKED => {
                         if let Some(entry) = entries.get_mut(&pkid).filter(|e| e.print == print) {
@@ -118,6 +131,7 @@ impl Receipts {
             journal_len: 0,
             entries,
             last_stamp,
+            received,
             recognized: 0,
             ambiguous: 0,
         };
@@ -139,31 +153,31 @@ impl Receipts {
                 self.recognized += 1;
                 (entry.stamp, Identity::Recognized)
             }
-            other => {
-                let identity = if other.is_some() {
-                    self.ambiguous += 1;
-                    Identity::Ambiguous
-                } else {
-                    Identity::New
-                };
+            Some(entry) if self.received - entry.seq < RECENT => {
+                self.ambiguous += 1;
+                (entry.stamp, Identity::Ambiguous)
+            }
+            _ => {
                 let now = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
                 let stamp = i64::try_from(now)
                     .expect("a time in range")
                     .max(self.last_stamp + 1);
                 self.last_stamp = stamp;
-                (stamp, identity)
+                (stamp, Identity::New)
             }
         };
-        let acked = false;
+        self.received += 1;
+        let (acked, seq) = (false, self.received);
         self.entries.insert(
             pkid,
             Entry {
                 print,
                 stamp,
                 acked,
+                seq,
             },
         );
-        self.write(RECEIPT, pkid, print, stamp);
+        self.write(RECEIPT, pkid, print, stamp, seq);
         (from_micros(stamp), identity)
     }
 
@@ -172,7 +186,7 @@ impl Receipts {
         if let Some(entry) = self.entries.get_mut(&pkid).filter(|e| !e.acked) {
             entry.acked = true;
             let print = entry.print;
-            self.write(ACKED, pkid, print, 0);
+            self.write(ACKED, pkid, print, 0, 0);
         }
     }
 
@@ -185,12 +199,13 @@ impl Receipts {
         Ok(())
     }
 
-    fn write(&mut self, kind: u8, pkid: u16, print: u64, stamp: i64) {
+    fn write(&mut self, kind: u8, pkid: u16, print: u64, stamp: i64, seq: u64) {
         let mut entry = [0u8; ENTRY];
         entry[0] = kind;
         entry[1..3].copy_from_slice(&pkid.to_le_bytes());
         entry[3..11].copy_from_slice(&print.to_le_bytes());
         entry[11..19].copy_from_slice(&stamp.to_le_bytes());
+        entry[19..27].copy_from_slice(&seq.to_le_bytes());
         // A failed write shows at the next flush, which the caller checks.
         let _ = self.journal.write_all(&entry);
         self.journal_len += ENTRY as u64;
@@ -204,13 +219,13 @@ impl Receipts {
         self.journal_len = 0;
         let entries: Vec<(u16, Entry)> = self.entries.iter().map(|(p, e)| (*p, *e)).collect();
         for (pkid, entry) in entries {
-            self.write(RECEIPT, pkid, entry.print, entry.stamp);
+            self.write(RECEIPT, pkid, entry.print, entry.stamp, entry.seq);
             if entry.acked {
-                self.write(ACKED, pkid, entry.print, 0);
+                self.write(ACKED, pkid, entry.print, 0, 0);
             }
         }
-        // The newest stamp, under a packet id no broker uses (0).
-        self.write(RECEIPT, 0, 0, self.last_stamp);
+        // The newest stamp and receipt number, under a packet id no broker uses (0).
+        self.write(RECEIPT, 0, 0, self.last_stamp, self.received);
         self.entries.remove(&0);
         self.journal.flush()?;
         self.journal.get_ref().sync_data()?;
@@ -252,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn a_redelivery_after_its_ack_went_out_is_stored_and_counted_as_ambiguous() {
+    fn a_redelivery_after_its_ack_went_out_keeps_its_stamp_unless_the_id_was_reused_long_ago() {
         let dir = tempfile::tempdir().expect("tempdir");
         let print = fingerprint("t", b"1");
         let mut receipts = Receipts::open(dir.path()).expect("open");
@@ -260,9 +275,19 @@ mod tests {
         receipts.ack_sent(3);
         receipts.flush().expect("flush");
         drop(receipts);
+        // The broker restarted before reading our ack: it redelivers.
         let mut receipts = Receipts::open(dir.path()).expect("reopen");
-        assert_ne!(receipts.stamp(3, true, print).0, first);
+        assert_eq!(receipts.stamp(3, true, print).0, first);
         assert_eq!((receipts.recognized, receipts.ambiguous), (0, 1));
+        receipts.ack_sent(3);
+        // A whole cycle of packet ids later, id 3 carries a new message with the same bytes.
+        for i in 0..RECENT {
+            let pkid = 4 + (i % 60_000) as u16;
+            receipts.stamp(pkid, false, i);
+            receipts.ack_sent(pkid);
+        }
+        assert_ne!(receipts.stamp(3, true, print).0, first, "a reused id");
+        assert_eq!(receipts.ambiguous, 1);
     }
 
     #[test]

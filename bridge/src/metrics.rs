@@ -65,7 +65,7 @@ pub struct Metrics {
     pub device_budget_waits: AtomicU64,
     /// Redeliveries recognized as such (they keep their first identity).
     pub redeliveries_recognized: AtomicU64,
-    /// Redeliveries that could not be told from new messages (docs/BRIDGE.md).
+    /// Redeliveries after our ack had gone out, taken for redeliveries (docs/BRIDGE.md).
     pub ambiguous_redeliveries: AtomicU64,
     /// Connected to the external broker with our subscriptions in place.
     pub external_connected: AtomicBool,
@@ -154,7 +154,7 @@ impl Metrics {
             ),
             (
                 "ambiguous_redeliveries",
-                "Redeliveries that could not be told from new messages (possibly stored twice)",
+                "Redeliveries after our ack had gone out, taken for redeliveries (docs/BRIDGE.md)",
                 get(&self.ambiguous_redeliveries),
             ),
         ]

@@ -148,14 +148,26 @@ pub enum Status<'a> {
     Lost(&'a ConnectionError),
 }
 
-/// Owns a subscriber's event loop and only polls it: subscribes to `filters` at QoS 1 on every
-/// connection without a kept session and hands each message to `tx`. Cancelling `intake` stops
+/// When a subscriber subscribes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resubscribe {
+    /// On every connection whose session the broker did not keep (a kept session keeps its
+    /// subscriptions; subscribing again would also resend retained messages).
+    IfSessionLost,
+    /// On every connection: Mosquitto restores a persistent session after its restart but not
+    /// the session's *shared* subscriptions, so a shared subscriber must renew them every time.
+    Always,
+}
+
+/// Owns a subscriber's event loop and only polls it: subscribes to `filters` at QoS 1 (when
+/// `resubscribe` says) and hands each message to `tx`. Cancelling `intake` stops
 /// the handing over (messages stay unacknowledged at the broker) while acks still flow. Returns
 /// once the disconnect went out, or with the error `observe` breaks with.
 pub async fn receive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
+    resubscribe: Resubscribe,
     tx: mpsc::Sender<Publish>,
     intake: CancellationToken,
     mut observe: impl FnMut(Status<'_>) -> ControlFlow<anyhow::Error>,
@@ -173,7 +185,7 @@ pub async fn receive(
         let status = match &event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
-                if !ack.session_present {
+                if !ack.session_present || resubscribe == Resubscribe::Always {
                     let subscriptions = filters
                         .iter()
                         .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));

@@ -6,7 +6,7 @@
 use std::ops::ControlFlow;
 
 use anyhow::anyhow;
-use gito_runtime::mqtt::{self, Status};
+use gito_runtime::mqtt::{self, Resubscribe, Status};
 use gito_wire::topic::PROCESSOR_SUBSCRIPTION;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, EventLoop, Publish};
 use tokio::sync::mpsc;
@@ -20,7 +20,8 @@ pub async fn receive(
     intake: CancellationToken,
 ) -> anyhow::Result<()> {
     let filters = vec![PROCESSOR_SUBSCRIPTION.to_owned()];
-    mqtt::receive(eventloop, client, filters, tx, intake, |status| {
+    // Shared: renewed on every connection (a restarted Mosquitto restores the session without it).
+    mqtt::receive(eventloop, client, filters, Resubscribe::Always, tx, intake, |status| {
         match status {
             Status::Connected { session_present } => {
                 tracing::info!(session_present, "processor connected to the broker");

@@ -3,7 +3,7 @@
 //! acknowledges the external broker, so an acknowledged message survives a crash.
 //!
 //! Layout: `NNNNNNNNNNNNNNNNNNNN.seg` files of records `[len u32][crc32 u32][JSON]`, and a
-//! `cursor` file "segment offset" naming the first record not yet republished. A torn record at
+//! `cursor` file naming the first record not yet republished (`CursorFile`). A torn record at
 //! the end (a crash mid-write) is cut off on open. Past `max_bytes` whole segments are dropped,
 //! oldest first, and counted.
 
@@ -31,6 +31,7 @@ pub struct Spool {
     write: File,
     write_len: u64,
     cursor: Position,
+    cursor_file: CursorFile,
     total_bytes: u64,
     /// Records in the spool, counted on open and kept up to date.
     records: u64,
@@ -56,7 +57,8 @@ impl Spool {
         if segments.is_empty() {
             segments.push(0);
         }
-        let cursor = read_cursor(dir)?.unwrap_or(Position {
+        let (cursor_file, cursor) = CursorFile::open(dir)?;
+        let cursor = cursor.unwrap_or(Position {
             segment: segments[0],
             offset: 0,
         });
@@ -83,6 +85,7 @@ impl Spool {
             write,
             write_len,
             cursor,
+            cursor_file,
             total_bytes: 0,
             records: 0,
             #[cfg(test)]
@@ -198,7 +201,7 @@ impl Spool {
                 offset: 0,
             };
         }
-        write_cursor(&self.dir, self.cursor)?;
+        self.cursor_file.write(self.cursor)?;
         while self.segments.len() > 1 && self.segments[0] < self.cursor.segment {
             let old = self.segments.remove(0);
             self.total_bytes -= self.segment_len(old);
@@ -236,7 +239,7 @@ impl Spool {
             segment: self.segments[0],
             offset: 0,
         };
-        write_cursor(&self.dir, self.cursor)?;
+        self.cursor_file.write(self.cursor)?;
         fs::remove_file(segment_path(&self.dir, oldest))?;
         self.records = self.records.saturating_sub(dropped);
         Ok(dropped)
@@ -307,29 +310,102 @@ fn valid_length(path: &Path) -> io::Result<u64> {
     Ok(len)
 }
 
-fn read_cursor(dir: &Path) -> io::Result<Option<Position>> {
-    match fs::read_to_string(dir.join("cursor")) {
-        Ok(text) => {
+/// The `cursor` file: two fixed slots of `[seq u64][segment u64][offset u64][crc32 u32][pad]`,
+/// written alternately in place and fsynced; the valid slot with the higher `seq` wins. Written in
+/// place, it needs no new disk block, so the drainer can record its progress — and free segments
+/// — on a disk that is full (a rename-based write could not even create its temporary file).
+struct CursorFile {
+    file: File,
+    seq: u64,
+}
+
+const SLOT: usize = 32;
+
+impl CursorFile {
+    fn open(dir: &Path) -> io::Result<(CursorFile, Option<Position>)> {
+        let path = dir.join("cursor");
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let (seq, position) = if bytes.is_empty() {
+            (0, None)
+        } else if bytes.len() == 2 * SLOT {
+            // No valid slot (never written, or the first write torn): start from the oldest
+            // segment — at worst republishing what was republished, never skipping anything.
+            match bytes
+                .chunks_exact(SLOT)
+                .filter_map(read_slot)
+                .max_by_key(|(seq, _)| *seq)
+            {
+                Some((seq, position)) => (seq, Some(position)),
+                None => (0, None),
+            }
+        } else {
+            // The text form "segment offset" of earlier versions.
+            let text = String::from_utf8_lossy(&bytes);
             let mut parts = text.split_whitespace().map(str::parse::<u64>);
             match (parts.next(), parts.next()) {
-                (Some(Ok(segment)), Some(Ok(offset))) => Ok(Some(Position { segment, offset })),
-                _ => Err(io::Error::other(format!(
-                    "corrupt spool cursor in {}",
-                    dir.display()
-                ))),
+                (Some(Ok(segment)), Some(Ok(offset))) => (0, Some(Position { segment, offset })),
+                _ => {
+                    return Err(io::Error::other(format!(
+                        "corrupt spool cursor in {}",
+                        dir.display()
+                    )));
+                }
             }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        if bytes.len() != 2 * SLOT {
+            // Real bytes, not a sparse length: on a filesystem such as tmpfs a later write into a
+            // hole would need a new block, which a full disk does not have.
+            use std::os::unix::fs::FileExt as _;
+            file.set_len(0)?;
+            file.write_all_at(&[0; 2 * SLOT], 0)?;
+            file.sync_data()?;
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+        let mut cursor = CursorFile { file, seq };
+        if let Some(position) = position {
+            // Rewrites a text cursor in the slot format (and is harmless otherwise).
+            cursor.write(position)?;
+        }
+        Ok((cursor, position))
+    }
+
+    fn write(&mut self, position: Position) -> io::Result<()> {
+        use std::os::unix::fs::FileExt as _;
+        self.seq += 1;
+        let mut slot = [0u8; SLOT];
+        slot[..8].copy_from_slice(&self.seq.to_le_bytes());
+        slot[8..16].copy_from_slice(&position.segment.to_le_bytes());
+        slot[16..24].copy_from_slice(&position.offset.to_le_bytes());
+        let crc = crc32fast::hash(&slot[..24]);
+        slot[24..28].copy_from_slice(&crc.to_le_bytes());
+        let at = (self.seq % 2) * SLOT as u64;
+        self.file.write_all_at(&slot, at)?;
+        self.file.sync_data()
     }
 }
 
-fn write_cursor(dir: &Path, position: Position) -> io::Result<()> {
-    let tmp = dir.join("cursor.tmp");
-    let mut file = File::create(&tmp)?;
-    write!(file, "{} {}", position.segment, position.offset)?;
-    file.sync_data()?;
-    fs::rename(tmp, dir.join("cursor"))
+fn read_slot(slot: &[u8]) -> Option<(u64, Position)> {
+    let crc = u32::from_le_bytes(slot[24..28].try_into().ok()?);
+    if crc32fast::hash(&slot[..24]) != crc || slot[..8] == [0; 8] {
+        return None;
+    }
+    let word = |i: usize| u64::from_le_bytes(slot[i..i + 8].try_into().expect("8 bytes"));
+    Some((
+        word(0),
+        Position {
+            segment: word(8),
+            offset: word(16),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -429,6 +505,33 @@ mod tests {
         drop(spool);
         let spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
         assert_eq!(spool.len(), 4, "reopening finds every acknowledged record");
+    }
+
+    #[test]
+    fn the_cursor_survives_a_torn_slot_and_reads_the_text_form_of_earlier_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
+        spool
+            .append(&(0..4).map(record).collect::<Vec<_>>())
+            .expect("append");
+        for _ in 0..3 {
+            let (one, position) = spool.read(1).expect("read");
+            spool.commit(position, one.len() as u64).expect("commit");
+        }
+        drop(spool);
+        // Tear the newest slot (seq 3 is in slot 1): the previous one still names a valid place.
+        let path = dir.path().join("cursor");
+        let mut bytes = fs::read(&path).expect("cursor");
+        bytes[SLOT + 9] ^= 0xff;
+        fs::write(&path, &bytes).expect("tear");
+        let spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(ids(&spool.read(10).expect("read").0), ["dev/2", "dev/3"]);
+        drop(spool);
+
+        fs::write(&path, "0 0").expect("a text cursor");
+        let spool = Spool::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(spool.read(10).expect("read").0.len(), 4);
+        assert_eq!(fs::metadata(&path).expect("cursor").len(), 2 * SLOT as u64);
     }
 
     #[test]
