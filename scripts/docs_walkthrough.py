@@ -328,11 +328,11 @@ class Walkthrough:
         self.instance = Instance(args, self.instance_env)
         if self.instance.wait_ready():
             line = next((l for l in self.instance.lines if l.startswith("gito is running")), "")
-            self.report(block, f"ok {elapsed(time.time() - began)} (run-local.sh {' '.join(args)}: {line.strip()} "
+            self.report(block, f"ok {elapsed(time.time() - began)} ({' '.join(['run-local.sh', *args])}: {line.strip()} "
                                f"on :{self.ports[0]}; kept running for the blocks that follow)".replace("  ", " "))
             self.banner_commands()
         else:
-            self.report(block, f"FAIL (run-local.sh {' '.join(args)} did not reach its banner, exit {self.instance.process.poll()}, "
+            self.report(block, f"FAIL ({' '.join(['run-local.sh', *args])} did not reach its banner, exit {self.instance.process.poll()}, "
                                f"{elapsed(time.time() - began)})", "\n".join(self.instance.lines[-25:]))
             self.instance.stop()
             self.instance = None
@@ -465,7 +465,7 @@ def main():
     if options.list:
         for block in all_blocks():
             reason, args = block.skip_reason(), block.run_local_args()
-            what = f"skip ({reason})" if reason is not None else f"run-local.sh {' '.join(args)}".strip() if args is not None else "run"
+            what = f"skip ({reason})" if reason is not None else f"{' '.join(['run-local.sh', *args])}".strip() if args is not None else "run"
             print(f"{block.where} {what}: {block.first_line[:70]}")
         return 0
     began = time.time()
