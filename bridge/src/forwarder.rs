@@ -37,6 +37,10 @@ use crate::spool::{Record, SpoolHandle};
 const SPILL_AFTER: Duration = Duration::from_secs(1);
 /// A message unacknowledged this long goes to the spool whatever the connection says.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
+/// After a reconnect to the local broker, the replay window is replayed again this much later:
+/// longer than a processor takes to reconnect and renew its subscription (its backoff stops at
+/// 10 s), shorter than the window (15 s by default), so that it covers the gap.
+const REPLAY_AGAIN_AFTER: Duration = Duration::from_secs(12);
 /// Messages appended to the spool with one fsync.
 const SPOOL_BATCH: usize = 1000;
 
@@ -155,6 +159,8 @@ pub async fn forward(
 ) {
     let mut forwarder = Forwarder {
         losses_seen: ctx.publisher.losses(),
+        replay_pending: false,
+        replay_again_at: None,
         ctx,
         inflight: VecDeque::new(),
         receipts,
@@ -202,6 +208,10 @@ struct Forwarder {
     receipts: Arc<Mutex<Receipts>>,
     /// Local connection losses already answered by moving the replay window to the spool.
     losses_seen: u64,
+    /// A loss was answered; the second replay is scheduled once the connection is back.
+    replay_pending: bool,
+    /// When the second replay after a reconnect is due.
+    replay_again_at: Option<Instant>,
 }
 
 impl Forwarder {
@@ -315,25 +325,15 @@ impl Forwarder {
     }
 
     /// Every tick: a lost local connection moves the replay window (and everything in flight)
-    /// to the spool; a message stuck unacknowledged does the same.
+    /// to the spool, and once the connection is back, the window is replayed a second time
+    /// `REPLAY_AGAIN_AFTER` later; a message stuck unacknowledged goes to the spool too.
     async fn check_local(&mut self, incoming: &mpsc::Receiver<Publish>) {
         let losses = self.ctx.publisher.losses();
         if losses != self.losses_seen {
             self.losses_seen = losses;
-            let window: Vec<Record> = {
-                let mut replay = self.ctx.replay.lock().expect("replay lock");
-                if replay.truncated > 0 {
-                    tracing::warn!(
-                        truncated = replay.truncated,
-                        "the replay window was cut short by GITO_BRIDGE_REPLAY_MAX_BYTES"
-                    );
-                    replay.truncated = 0;
-                }
-                replay.take()
-            }
-            .into_iter()
-            .filter_map(|d| replayed(d.device_id, &d.payload))
-            .collect();
+            self.replay_again_at = None;
+            self.replay_pending = true;
+            let window = self.take_window();
             if !window.is_empty() || !self.inflight.is_empty() {
                 tracing::warn!(
                     replayed = window.len(),
@@ -345,10 +345,46 @@ impl Forwarder {
             }
             return;
         }
+        if self.replay_pending && self.ctx.publisher.down_for().is_zero() {
+            self.replay_pending = false;
+            self.replay_again_at = Some(Instant::now() + REPLAY_AGAIN_AFTER);
+        }
+        if self.replay_again_at.is_some_and(|at| at <= Instant::now()) {
+            // What a restarted broker acknowledged before the processor had renewed its shared
+            // subscription went to nobody: replay it (what did arrive is absorbed downstream).
+            self.replay_again_at = None;
+            let window = self.take_window();
+            if !window.is_empty() {
+                tracing::info!(
+                    replayed = window.len(),
+                    "replaying what the local broker acknowledged since it came back"
+                );
+                Metrics::add(&self.ctx.metrics.replayed, window.len() as u64);
+                self.spool_and_ack(window, Vec::new(), incoming).await;
+            }
+            return;
+        }
         if self.stuck() {
             self.spill(Vec::new(), Vec::new(), "local broker unavailable", incoming)
                 .await;
         }
+    }
+
+    /// The replay window's records, oldest first (the window is empty afterwards).
+    fn take_window(&self) -> Vec<Record> {
+        let mut replay = self.ctx.replay.lock().expect("replay lock");
+        if replay.truncated > 0 {
+            tracing::warn!(
+                truncated = replay.truncated,
+                "the replay window was cut short by GITO_BRIDGE_REPLAY_MAX_BYTES"
+            );
+            replay.truncated = 0;
+        }
+        replay
+            .take()
+            .into_iter()
+            .filter_map(|d| replayed(d.device_id, &d.payload))
+            .collect()
     }
 
     fn stuck(&self) -> bool {

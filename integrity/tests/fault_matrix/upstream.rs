@@ -54,7 +54,9 @@ async fn external_broker_restart_keeping_its_session_loses_nothing() {
         b - a
     );
     report.print(&scenario);
-    report.assert_exact(&scenario);
+    // Mosquitto may deliver what it restored in another order than it was published (seen:
+    // a few messages of its queue after newer ones of its in-flight window).
+    report.assert_exact_in_any_order(&scenario);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
