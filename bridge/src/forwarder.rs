@@ -433,32 +433,57 @@ impl Forwarder {
         batch: Vec<(Record, Ack)>,
         incoming: &mpsc::Receiver<Publish>,
     ) {
-        let (records, acks): (Vec<Record>, Vec<Ack>) = batch.into_iter().unzip();
-        let records: Arc<Vec<Record>> = Arc::new(replay.into_iter().chain(records).collect());
+        // Each record with the ack it releases (none for the replayed ones).
+        let acks: Vec<Option<Ack>> = replay
+            .iter()
+            .map(|_| None)
+            .chain(batch.iter().map(|(_, ack)| Some(*ack)))
+            .collect();
+        let records: Vec<Record> = replay
+            .into_iter()
+            .chain(batch.into_iter().map(|(record, _)| record))
+            .collect();
         if !self.journal(incoming).await {
             return;
         }
+        // Written whole if it fits; on a failure in halves, down to one record, each part acked
+        // as soon as it is on disk — a batch larger than what a nearly full disk has left must
+        // not wait for space that only draining *it* would make.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut failures = 0u64;
-        loop {
-            match self.ctx.spool.append(records.clone()).await {
-                Ok(()) => break,
+        let (mut start, mut chunk) = (0, records.len());
+        let mut whole = Some(Arc::new(records));
+        let all = whole.clone().expect("just set");
+        while start < all.len() {
+            let end = (start + chunk).min(all.len());
+            let part = match whole.take() {
+                Some(records) => records,
+                None => Arc::new(all[start..end].to_vec()),
+            };
+            match self.ctx.spool.append(part).await {
+                Ok(()) => {
+                    acks[start..end].iter().flatten().for_each(|ack| self.ack(*ack));
+                    start = end;
+                }
                 Err(e) => {
                     if failures == 0 {
-                        tracing::error!(error = %e, messages = acks.len(), "cannot write the spool; holding the messages unacknowledged and retrying");
+                        tracing::error!(error = %e, messages = all.len() - start, "cannot write the spool; holding the messages unacknowledged and retrying");
                     }
                     failures += 1;
                     if incoming.is_closed() {
                         return;
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    if chunk > 1 {
+                        chunk = chunk.div_ceil(2);
+                    } else {
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
                 }
             }
         }
         if failures > 0 {
             tracing::info!(failures, "the spool is writable again");
         }
-        acks.into_iter().for_each(|ack| self.ack(ack));
     }
 
     /// Writes the identities handed out so far to the receipts journal, retrying like the spool;
