@@ -46,6 +46,7 @@ pub fn start(
         // without our session dropped what it had queued for us meanwhile (if anything).
         let mut away_since: Option<OffsetDateTime> = None;
         let mut ever_connected = false;
+        let mut session_lost = false;
         let received = mqtt::receive(
             eventloop,
             subscriber,
@@ -61,18 +62,13 @@ pub fn start(
                             session_present,
                             "connected to the external broker"
                         );
-                        if ever_connected && !session_present {
-                            Metrics::add(&metrics.upstream_sessions_lost, 1);
-                            let from = away_since.map(|t| t.to_string()).unwrap_or_default();
-                            let to = OffsetDateTime::now_utc().to_string();
-                            tracing::error!(
-                                %from,
-                                %to,
-                                "the external broker lost our session: messages published for us between these times may be lost upstream (check its persistence and session expiry)"
-                            );
+                        // Reported once subscribed again: until then, what is published for us
+                        // is lost too.
+                        session_lost = ever_connected && !session_present;
+                        if !session_lost {
+                            away_since = None;
                         }
                         ever_connected = true;
-                        away_since = None;
                         // A broker that kept our session keeps our subscriptions too.
                         if session_present {
                             Metrics::set(&metrics.external_connected, true);
@@ -80,6 +76,16 @@ pub fn start(
                     }
                     Status::Subscribed => {
                         tracing::info!(?topics, "subscribed on the external broker");
+                        if std::mem::take(&mut session_lost) {
+                            Metrics::add(&metrics.upstream_sessions_lost, 1);
+                            let from = away_since.take().map(|t| t.to_string()).unwrap_or_default();
+                            let to = OffsetDateTime::now_utc().to_string();
+                            tracing::error!(
+                                %from,
+                                %to,
+                                "the external broker lost our session: messages published for us between these times may be lost upstream (check its persistence and session expiry)"
+                            );
+                        }
                         Metrics::set(&metrics.external_connected, true);
                     }
                     Status::SubscriptionRefused => {
