@@ -29,7 +29,6 @@
 //! be taken for a redelivery there. The journal is written, not fsynced: it survives the bridge's
 //! crash, not the host's (the local broker's queue does not survive that either).
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -54,8 +53,9 @@ pub struct Receipts {
     path: PathBuf,
     journal: BufWriter<File>,
     journal_len: u64,
-    /// Packet id → the last message received under it.
-    entries: HashMap<u16, Entry>,
+    /// Packet id → the last message received under it: a slot per possible id (2 MiB), cheaper
+    /// than hashing on every message.
+    entries: Vec<Option<Entry>>,
     last_stamp: i64,
     /// Messages received so far (kept across restarts): how old an entry is.
     received: u64,
@@ -91,7 +91,7 @@ impl Receipts {
     pub fn open(dir: &Path) -> io::Result<Receipts> {
         fs::create_dir_all(dir)?;
         let path = dir.join("receipts");
-        let mut entries = HashMap::new();
+        let mut entries: Vec<Option<Entry>> = vec![None; 1 << 16];
         let mut last_stamp = 0;
         let mut received = 0;
         if let Ok(mut file) = File::open(&path) {
@@ -112,12 +112,15 @@ impl Receipts {
                             acked,
                             seq,
                         };
-                        entries.insert(pkid, entry);
+                        entries[usize::from(pkid)] = Some(entry);
                         last_stamp = last_stamp.max(stamp);
                         received = received.max(seq);
                     }
                     ACKED => {
-                        if let Some(entry) = entries.get_mut(&pkid).filter(|e| e.print == print) {
+                        if let Some(entry) = entries[usize::from(pkid)]
+                            .as_mut()
+                            .filter(|e| e.print == print)
+                        {
                             entry.acked = true;
                         }
                     }
@@ -143,11 +146,7 @@ impl Receipts {
     /// is a redelivery of it, else a new stamp. Journaled (buffered: call `flush` before the
     /// message leaves the bridge).
     pub fn stamp(&mut self, pkid: u16, dup: bool, print: u64) -> (OffsetDateTime, Identity) {
-        let previous = self
-            .entries
-            .get(&pkid)
-            .copied()
-            .filter(|e| dup && e.print == print);
+        let previous = self.entries[usize::from(pkid)].filter(|e| dup && e.print == print);
         let (stamp, identity) = match previous {
             Some(entry) if !entry.acked => {
                 self.recognized += 1;
@@ -168,22 +167,22 @@ impl Receipts {
         };
         self.received += 1;
         let (acked, seq) = (false, self.received);
-        self.entries.insert(
-            pkid,
-            Entry {
-                print,
-                stamp,
-                acked,
-                seq,
-            },
-        );
+        self.entries[usize::from(pkid)] = Some(Entry {
+            print,
+            stamp,
+            acked,
+            seq,
+        });
         self.write(RECEIPT, pkid, print, stamp, seq);
         (from_micros(stamp), identity)
     }
 
     /// Our acknowledgement of the message under `pkid` went out on the connection.
     pub fn ack_sent(&mut self, pkid: u16) {
-        if let Some(entry) = self.entries.get_mut(&pkid).filter(|e| !e.acked) {
+        if let Some(entry) = self.entries[usize::from(pkid)]
+            .as_mut()
+            .filter(|e| !e.acked)
+        {
             entry.acked = true;
             let print = entry.print;
             self.write(ACKED, pkid, print, 0, 0);
@@ -217,7 +216,10 @@ impl Receipts {
         let fresh = self.path.with_extension("new");
         self.journal = BufWriter::new(File::create(&fresh)?);
         self.journal_len = 0;
-        let entries: Vec<(u16, Entry)> = self.entries.iter().map(|(p, e)| (*p, *e)).collect();
+        let entries: Vec<(u16, Entry)> = (0..=u16::MAX)
+            .zip(self.entries.iter())
+            .filter_map(|(pkid, entry)| entry.map(|e| (pkid, e)))
+            .collect();
         for (pkid, entry) in entries {
             self.write(RECEIPT, pkid, entry.print, entry.stamp, entry.seq);
             if entry.acked {
@@ -226,7 +228,7 @@ impl Receipts {
         }
         // The newest stamp and receipt number, under a packet id no broker uses (0).
         self.write(RECEIPT, 0, 0, self.last_stamp, self.received);
-        self.entries.remove(&0);
+        self.entries[0] = None;
         self.journal.flush()?;
         self.journal.get_ref().sync_data()?;
         // The open handle follows the file: later entries are appended to the new journal.
