@@ -462,7 +462,10 @@ impl Forwarder {
             };
             match self.ctx.spool.append(part).await {
                 Ok(()) => {
-                    acks[start..end].iter().flatten().for_each(|ack| self.ack(*ack));
+                    acks[start..end]
+                        .iter()
+                        .flatten()
+                        .for_each(|ack| self.ack(*ack));
                     start = end;
                 }
                 Err(e) => {
