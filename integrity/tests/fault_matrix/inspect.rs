@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::ledger::{self, DeadLetter, Report};
 use crate::publisher::Expected;
 use crate::stack::{ADMIN_TOKEN, STORE_DEADLINE, Stack};
-use crate::wait::wait_for;
+use gito_testkit::wait_for;
 
 impl Stack {
     // --- the API, as an operator --------------------------------------------------------------

@@ -19,7 +19,6 @@ mod postgres;
 mod procs;
 mod publisher;
 mod stack;
-mod wait;
 
 mod database;
 mod devices;

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::wait::free_port;
+use gito_testkit::free_port;
 use tokio::process::Command;
 use uuid::Uuid;
 

@@ -8,7 +8,7 @@ use std::process::Output;
 
 use tokio::process::Command;
 
-use crate::wait::free_port;
+use gito_testkit::free_port;
 
 pub struct PrivatePostgres {
     pub port: u16,

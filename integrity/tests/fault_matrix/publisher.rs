@@ -16,7 +16,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::wait::wait_for;
+use gito_testkit::wait_for;
 
 /// What was sent, by device path (the `external_id` the bridge gives it): the values.
 pub type Expected = BTreeMap<String, BTreeSet<u64>>;

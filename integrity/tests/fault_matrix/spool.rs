@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::publisher::{Layout, Plan, Publisher};
 use crate::stack::{Options, Stack};
 use crate::turn;
-use crate::wait::wait_for;
+use gito_testkit::wait_for;
 
 /// A tmpfs of `size` mounted at `path` (root only); unmounted (lazily) when dropped.
 struct Tmpfs {

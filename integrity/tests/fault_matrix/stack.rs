@@ -21,7 +21,7 @@ use crate::mosquitto::{LocalUsers, Mosquitto, world_writable};
 use crate::postgres::PrivatePostgres;
 use crate::procs::{Proc, binary, tail};
 use crate::publisher::Publisher;
-use crate::wait::{free_port, wait_for};
+use gito_testkit::{free_port, wait_for};
 
 /// The admin token of every gito-api the matrix starts.
 pub const ADMIN_TOKEN: &str = "gito-fault-matrix-admin-token-0123456789abcdef";

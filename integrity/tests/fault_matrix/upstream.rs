@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::publisher::{Plan, Publisher};
 use crate::stack::{Options, Stack, metric_of};
 use crate::turn;
-use crate::wait::wait_for;
+use gito_testkit::wait_for;
 
 const BURST: u64 = 500;
 const BROKER_ERRORS: &str = "gito_bridge_broker_errors_total";

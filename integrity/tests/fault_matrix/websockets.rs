@@ -14,7 +14,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::publisher::{Plan, Publisher};
 use crate::stack::{Options, Stack};
 use crate::turn;
-use crate::wait::wait_for;
+use gito_testkit::wait_for;
 
 /// How soon a revoked token's socket must close.
 const CLOSE_WITHIN: Duration = Duration::from_secs(1);
