@@ -40,6 +40,8 @@ use crate::spool::{Spool, SpoolHandle};
 
 /// Messages the local publisher keeps unacknowledged at most.
 const LOCAL_INFLIGHT: usize = 1024;
+/// How long the local broker keeps our session (and the device events for it) after a disconnect.
+const LOCAL_SESSION_EXPIRY: Duration = Duration::from_secs(3600);
 /// How long shutdown waits for in-flight messages to be acknowledged.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a broker connection may take to send its disconnect at shutdown.
@@ -98,7 +100,11 @@ pub async fn run_with_metrics(
         )
     })?;
     let receipts = Arc::new(Mutex::new(receipts));
-    let local_options = config.local_mqtt_url.options(&format!("{client_id}-local"));
+    // A session the broker keeps for a while, so that device events published while the
+    // connection is down are not missed.
+    let local_options = config
+        .local_mqtt_url
+        .options_v5(&format!("{client_id}-local"), Some(LOCAL_SESSION_EXPIRY));
     let (device_events_tx, device_events) = tokio::sync::mpsc::unbounded_channel();
     let (publisher, local) = LocalPublisher::start(
         local_options,
@@ -221,18 +227,18 @@ async fn until_disconnected(
 /// new (unassigned) device instead of going to an id that no longer exists.
 async fn forget_deleted_devices(
     ctx: Arc<Context>,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        let publish = tokio::select! {
+        let payload = tokio::select! {
             () = stop.cancelled() => return Ok(()),
             next = events.recv() => match next {
-                Some(publish) => publish,
+                Some(payload) => payload,
                 None => return Ok(()),
             },
         };
-        match DeviceEvent::from_json(&publish.payload) {
+        match DeviceEvent::from_json(&payload) {
             Ok(DeviceEvent::DeviceDeleted {
                 tenant_id,
                 device_id,
@@ -244,7 +250,7 @@ async fn forget_deleted_devices(
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, topic = publish.topic, "unreadable device event"),
+            Err(e) => tracing::warn!(error = %e, "unreadable device event"),
         }
     }
 }

@@ -1,9 +1,15 @@
 //! Publishes to the local broker at QoS 1 and tells each caller when *its* message was
-//! acknowledged. rumqttc's v4 client reports packet ids only as events, so we correlate: publishes
-//! enter the request channel in the order we record them, and `Outgoing::Publish(pkid)` events
-//! come out in that order. Every unacknowledged message stays here until the broker acks it; on
-//! any connection error the connection is rebuilt and they are published again, in order (rumqttc
-//! itself would drop them when the broker lost our session).
+//! acknowledged. rumqttc reports packet ids only as events, so we correlate: publishes enter the
+//! request channel in the order we record them, and `Outgoing::Publish(pkid)` events come out in
+//! that order. Every unacknowledged message stays here until the broker acks it; on any connection
+//! error the connection is rebuilt and they are published again, in order (rumqttc itself would
+//! drop them when the broker lost our session).
+//!
+//! MQTT 5, for one reason code: a broker acknowledges a message nobody subscribed to with "no
+//! matching subscribers" — it went nowhere. That is the state of a local broker before any
+//! processor has subscribed (a first start, or a Mosquitto restarted without the processor's
+//! shared subscription). Such a message is not acknowledged to the caller: it is published again
+//! every `NO_SUBSCRIBER_RETRY` until someone receives it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -11,16 +17,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use gito_runtime::Backoff;
 
-/// A filter the local connection subscribes to, and where its messages go.
+/// How long a message the broker had no subscriber for waits before it is published again.
+const NO_SUBSCRIBER_RETRY: Duration = Duration::from_millis(500);
+/// At most one warning about missing subscribers per this long.
+const NO_SUBSCRIBER_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A filter the local connection subscribes to, and where its messages' payloads go.
 pub struct Subscription {
     pub filter: String,
-    pub messages: mpsc::UnboundedSender<Publish>,
+    pub messages: mpsc::UnboundedSender<Bytes>,
 }
 
 /// Resolves when the broker acknowledged the message; errors when it was cancelled.
@@ -36,6 +50,12 @@ struct Shared {
     client: AsyncClient,
     /// Bumped by `cancel_all`: the connection task then starts a fresh connection.
     generation: u64,
+    /// Bumped whenever the connection is rebuilt (which republishes everything unacknowledged).
+    epoch: u64,
+    /// Unacknowledged messages the broker had no subscriber for, to publish again.
+    parked: Vec<u64>,
+    /// When missing subscribers were last logged.
+    no_subscriber_logged: Option<Instant>,
     /// Since when no connection was up (from the start, until the first connection).
     down_since: Option<Instant>,
     /// Connections lost so far: each loss may have been the broker's crash, which loses what it
@@ -59,19 +79,23 @@ impl LocalPublisher {
     /// The publisher, and the connection to poll (until the disconnect went out; dropping it
     /// drops the connection). At most `capacity` messages are unacknowledged at once.
     ///
-    /// With `subscription`, the connection also subscribes to that filter (QoS 1, in a session
-    /// the broker keeps while we are away) and hands what arrives to its sender.
+    /// With `subscription`, the connection also subscribes to that filter (QoS 1; for it to be
+    /// kept while we are away, `options` must ask for a session that outlives the connection)
+    /// and hands what arrives to its sender.
     pub fn start(
         mut options: MqttOptions,
         capacity: usize,
         metrics: Arc<Metrics>,
         subscription: Option<Subscription>,
     ) -> (LocalPublisher, impl Future<Output = ()> + Send + 'static) {
-        options.set_clean_session(subscription.is_none());
+        options.set_outgoing_inflight_upper_limit(u16::try_from(capacity).unwrap_or(u16::MAX));
         let (client, eventloop) = connect(&options, capacity);
         let shared = Arc::new(Mutex::new(Shared {
             client,
             generation: 0,
+            epoch: 0,
+            parked: Vec::new(),
+            no_subscriber_logged: None,
             down_since: Some(Instant::now()),
             losses: 0,
             next_seq: 0,
@@ -138,6 +162,7 @@ impl LocalPublisher {
     /// elsewhere (the spool).
     pub fn cancel_all(&self) {
         let mut shared = self.shared.lock().expect("publisher lock");
+        shared.parked.clear();
         shared.unacked.clear();
         shared.awaiting_pkid.clear();
         shared.by_pkid.clear();
@@ -158,7 +183,27 @@ fn connect(options: &MqttOptions, capacity: usize) -> (AsyncClient, EventLoop) {
 fn send(client: &AsyncClient, topic: &str, payload: &Bytes) {
     // Fails only when the connection is being replaced; the entry is then republished on the
     // new connection, so the error carries no information.
-    let _ = client.try_publish(topic, QoS::AtLeastOnce, false, payload.to_vec());
+    let _ = client.try_publish(topic, QoS::AtLeastOnce, false, payload.clone());
+}
+
+/// Publishes the parked messages again after `NO_SUBSCRIBER_RETRY`, unless the connection was
+/// rebuilt meanwhile (which republished them already).
+fn retry_parked(shared: Arc<Mutex<Shared>>, epoch: u64) {
+    tokio::spawn(async move {
+        tokio::time::sleep(NO_SUBSCRIBER_RETRY).await;
+        let mut guard = shared.lock().expect("publisher lock");
+        let parked = std::mem::take(&mut guard.parked);
+        if guard.epoch != epoch {
+            return;
+        }
+        let guard = &mut *guard;
+        for seq in parked {
+            if let Some(entry) = guard.unacked.get(&seq) {
+                send(&guard.client, &entry.topic, &entry.payload);
+                guard.awaiting_pkid.push_back(seq);
+            }
+        }
+    });
 }
 
 async fn drive(
@@ -168,7 +213,7 @@ async fn drive(
     shared: Arc<Mutex<Shared>>,
     metrics: Arc<Metrics>,
     subscription: Option<String>,
-    events: Option<mpsc::UnboundedSender<Publish>>,
+    events: Option<mpsc::UnboundedSender<Bytes>>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut generation = 0;
@@ -194,6 +239,27 @@ async fn drive(
                         guard.by_pkid.insert(*pkid, seq);
                     }
                 }
+                Ok(Event::Incoming(Packet::PubAck(ack)))
+                    if ack.reason == PubAckReason::NoMatchingSubscribers =>
+                {
+                    if let Some(seq) = guard.by_pkid.remove(&ack.pkid) {
+                        Metrics::add(&metrics.no_subscribers, 1);
+                        let first = guard.parked.is_empty();
+                        guard.parked.push(seq);
+                        if first {
+                            retry_parked(shared.clone(), guard.epoch);
+                        }
+                        if guard
+                            .no_subscriber_logged
+                            .is_none_or(|at| at.elapsed() >= NO_SUBSCRIBER_LOG_EVERY)
+                        {
+                            guard.no_subscriber_logged = Some(Instant::now());
+                            tracing::warn!(
+                                "the local broker has no subscriber for our messages (is a processor running and subscribed?): holding them and retrying"
+                            );
+                        }
+                    }
+                }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     let seq = guard.by_pkid.remove(&ack.pkid);
                     if let Some(entry) = seq.and_then(|seq| guard.unacked.remove(&seq)) {
@@ -204,7 +270,7 @@ async fn drive(
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if let Some(events) = &events {
-                        let _ = events.send(publish.clone());
+                        let _ = events.send(publish.payload.clone());
                     }
                 }
                 Ok(_) => {}
@@ -231,6 +297,8 @@ async fn drive(
         let mut guard = shared.lock().expect("publisher lock");
         guard.awaiting_pkid = guard.unacked.keys().copied().collect();
         guard.by_pkid.clear();
+        guard.parked.clear();
+        guard.epoch += 1;
         for entry in guard.unacked.values() {
             send(&client, &entry.topic, &entry.payload);
         }

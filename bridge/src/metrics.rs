@@ -61,6 +61,8 @@ pub struct Metrics {
     pub upstream_sessions_lost: AtomicU64,
     /// Deleted devices whose path the bridge forgot on the API's word.
     pub devices_forgotten: AtomicU64,
+    /// Acknowledgements of the local broker saying nobody subscribed (the message is retried).
+    pub no_subscribers: AtomicU64,
     /// Device lookups that waited because the budget of new devices per minute was spent.
     pub device_budget_waits: AtomicU64,
     /// Redeliveries recognized as such (they keep their first identity).
@@ -94,7 +96,7 @@ impl Metrics {
         self.dropped[reason as usize].load(Ordering::Relaxed)
     }
 
-    fn counters(&self) -> [(&'static str, &'static str, u64); 12] {
+    fn counters(&self) -> [(&'static str, &'static str, u64); 13] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             (
@@ -141,6 +143,11 @@ impl Metrics {
                 "devices_forgotten",
                 "Deleted devices whose path the bridge forgot",
                 get(&self.devices_forgotten),
+            ),
+            (
+                "no_subscribers",
+                "Publishes the local broker had no subscriber for (held and retried)",
+                get(&self.no_subscribers),
             ),
             (
                 "device_budget_waits",

@@ -94,6 +94,38 @@ impl MqttUrl {
         options.set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
         options
     }
+
+    /// The same for an MQTT 5 client (whose acknowledgements carry reason codes, such as "no
+    /// matching subscribers"); `session_expiry` keeps the session that long after a disconnect.
+    pub fn options_v5(
+        &self,
+        default_client_id: &str,
+        session_expiry: Option<Duration>,
+    ) -> rumqttc::v5::MqttOptions {
+        let client_id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| default_client_id.to_owned());
+        let mut options = rumqttc::v5::MqttOptions::new(client_id, &self.host, self.port);
+        if let Some(user) = &self.username {
+            let password = self
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned())
+                .unwrap_or_default();
+            options.set_credentials(user, password);
+        }
+        if self.tls {
+            options.set_transport(Transport::tls_with_default_config());
+        }
+        options.set_keep_alive(KEEP_ALIVE);
+        options.set_max_packet_size(u32::try_from(MAX_PACKET_SIZE).ok());
+        options.set_clean_start(session_expiry.is_none());
+        options.set_session_expiry_interval(
+            session_expiry.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
+        );
+        options
+    }
 }
 
 /// What acknowledging a received message needs.

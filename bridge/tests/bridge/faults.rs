@@ -176,3 +176,22 @@ async fn a_token_of_another_tenant_spools_everything_until_the_right_token_is_co
     assert_eq!(stack.devices().await.len(), 5);
     bridge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_local_broker_has_no_subscriber_for_are_held_until_one_subscribes() {
+    let stack = Stack::start().await;
+    let bridge = RunningBridge::start(stack.config()).await;
+    // Nobody reads the local broker yet (a first start, or a processor not subscribed again
+    // after a broker restart): MQTT 5 acknowledges these with "no matching subscribers".
+    let sent = stream(stack.external.url(), "NOBODY", 5, 50, 200);
+    let sent = sent.await.expect("publisher");
+    wait(Duration::from_secs(10), "the broker said nobody listens", || async {
+        bridge.metrics.no_subscribers.load(Ordering::Relaxed) >= 5
+    })
+    .await;
+
+    let collector = Collector::subscribe(&stack.local.url(), &stack.telemetry_filter()).await;
+    collector.wait_for_all(&sent, Duration::from_secs(30)).await;
+    collector.assert_one_identity_per_message();
+    bridge.stop().await;
+}
