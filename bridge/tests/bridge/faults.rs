@@ -185,9 +185,11 @@ async fn messages_the_local_broker_has_no_subscriber_for_are_held_until_one_subs
     // after a broker restart): MQTT 5 acknowledges these with "no matching subscribers".
     let sent = stream(stack.external.url(), "NOBODY", 5, 50, 200);
     let sent = sent.await.expect("publisher");
-    wait(Duration::from_secs(10), "the broker said nobody listens", || async {
-        bridge.metrics.no_subscribers.load(Ordering::Relaxed) >= 5
-    })
+    wait(
+        Duration::from_secs(10),
+        "the broker said nobody listens",
+        || async { bridge.metrics.no_subscribers.load(Ordering::Relaxed) >= 5 },
+    )
     .await;
 
     let collector = Collector::subscribe(&stack.local.url(), &stack.telemetry_filter()).await;
