@@ -162,7 +162,7 @@ struct Replayed {
 /// written, so it is stored exactly once, also when two replays run at once; each that still
 /// fails stays, with the new reason and one more failure. Alert rules are evaluated for what is
 /// stored, but their changes are not pushed live. The body is optional (`{}`: every reason).
-#[utoipa::path(post, path = "/tenants/{tenant_id}/dead-letters/replay", tag = "dead letters", params(TenantPath), request_body = ReplayFilter,
+#[utoipa::path(post, path = "/tenants/{tenant_id}/dead-letters/replay", tag = "dead letters", params(TenantPath), request_body(content = Option<ReplayFilter>, description = "Optional: without a body, every reason", example = json!({ "reason": "unknown_device" })),
     responses((status = 200, description = "What the replay did", body = Replayed)))]
 async fn replay(
     State(state): State<AppState>,

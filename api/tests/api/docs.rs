@@ -71,7 +71,16 @@ async fn every_operation_has_a_one_line_summary_and_a_description() {
 }
 
 /// The schema `schema` stands for, `$ref`s into `components.schemas` resolved.
+/// An optional body's schema is "null or T" (`oneOf`): T is what an example must fit.
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    if let Some(alternatives) = schema["oneOf"].as_array()
+        && let [only] = alternatives
+            .iter()
+            .filter(|a| a["type"] != "null")
+            .collect::<Vec<_>>()[..]
+    {
+        return resolve(doc, only);
+    }
     match schema["$ref"].as_str() {
         Some(reference) => {
             let name = reference
