@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{Json, Path, Query};
+use super::extract::{Json, Path, Query, not_json};
 use super::openapi::TenantPath;
 use super::page::{self, Keyed, Page};
 use super::{AppState, tenants};
@@ -194,24 +194,10 @@ async fn optional_body(request: Request, state: &AppState) -> Result<ReplayFilte
     if request.headers().contains_key(header::CONTENT_TYPE) {
         return Ok(Json::<ReplayFilter>::from_request(request, state).await?.0);
     }
-    let body = Bytes::from_request(request, state)
-        .await
-        .map_err(|rejection| ApiError::Rejected {
-            status: rejection.status(),
-            code: if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "payload_too_large"
-            } else {
-                "invalid_body"
-            },
-            message: rejection.body_text(),
-        })?;
+    let body = Bytes::from_request(request, state).await?;
     if body.is_empty() {
         Ok(ReplayFilter::default())
     } else {
-        Err(ApiError::Rejected {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code: "unsupported_media_type",
-            message: "expected a body with `Content-Type: application/json`".into(),
-        })
+        Err(not_json())
     }
 }

@@ -7,7 +7,7 @@
 //! would be a PATCH that changes nothing).
 
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,28 +21,38 @@ pub const MAX_JSON_DEPTH: usize = 32;
 
 pub struct Json<T>(pub T);
 
+/// The answer to a body sent without `Content-Type: application/json`.
+pub fn not_json() -> ApiError {
+    ApiError::Rejected {
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code: "unsupported_media_type",
+        message: "expected a body with `Content-Type: application/json`".into(),
+    }
+}
+
+/// A body that could not be read: too large, or cut off.
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        ApiError::Rejected {
+            status: rejection.status(),
+            code: if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "payload_too_large"
+            } else {
+                "invalid_body"
+            },
+            message: rejection.body_text(),
+        }
+    }
+}
+
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(request.headers()) {
-            return Err(ApiError::Rejected {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code: "unsupported_media_type",
-                message: "expected a body with `Content-Type: application/json`".into(),
-            });
+            return Err(not_json());
         }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| ApiError::Rejected {
-                status: rejection.status(),
-                code: if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    "payload_too_large"
-                } else {
-                    "invalid_body"
-                },
-                message: rejection.body_text(),
-            })?;
+        let bytes = Bytes::from_request(request, state).await?;
         check_shape(&bytes)?;
         axum::Json::<T>::from_bytes(&bytes)
             .map(|axum::Json(value)| Json(value))

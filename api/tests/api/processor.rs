@@ -177,7 +177,7 @@ async fn envelopes_become_rows_and_come_back_through_the_query_routes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_devices_other_tenants_and_malformed_envelopes_are_dropped_and_duplicates_add_nothing()
+async fn unknown_devices_other_tenants_and_malformed_envelopes_become_dead_letters_and_duplicates_add_nothing()
  {
     let stack = Stack::start().await;
     let (tenant, device) = stack.tenant_and_device().await;
