@@ -74,17 +74,9 @@ impl FromStr for MqttUrl {
 impl MqttUrl {
     /// rumqttc options; `default_client_id` is used unless the URL names one.
     pub fn options(&self, default_client_id: &str) -> MqttOptions {
-        let client_id = self
-            .client_id
-            .clone()
-            .unwrap_or_else(|| default_client_id.to_owned());
-        let mut options = MqttOptions::new(client_id, &self.host, self.port);
-        if let Some(user) = &self.username {
-            let password = self
-                .password
-                .as_ref()
-                .map(|p| p.expose_secret().to_owned())
-                .unwrap_or_default();
+        let mut options =
+            MqttOptions::new(self.client_id_or(default_client_id), &self.host, self.port);
+        if let Some((user, password)) = self.credentials() {
             options.set_credentials(user, password);
         }
         if self.tls {
@@ -102,17 +94,12 @@ impl MqttUrl {
         default_client_id: &str,
         session_expiry: Option<Duration>,
     ) -> rumqttc::v5::MqttOptions {
-        let client_id = self
-            .client_id
-            .clone()
-            .unwrap_or_else(|| default_client_id.to_owned());
-        let mut options = rumqttc::v5::MqttOptions::new(client_id, &self.host, self.port);
-        if let Some(user) = &self.username {
-            let password = self
-                .password
-                .as_ref()
-                .map(|p| p.expose_secret().to_owned())
-                .unwrap_or_default();
+        let mut options = rumqttc::v5::MqttOptions::new(
+            self.client_id_or(default_client_id),
+            &self.host,
+            self.port,
+        );
+        if let Some((user, password)) = self.credentials() {
             options.set_credentials(user, password);
         }
         if self.tls {
@@ -125,6 +112,20 @@ impl MqttUrl {
             session_expiry.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
         );
         options
+    }
+
+    fn client_id_or(&self, default: &str) -> String {
+        self.client_id.clone().unwrap_or_else(|| default.to_owned())
+    }
+
+    /// User and password (empty when the URL has none), if the URL names a user.
+    fn credentials(&self) -> Option<(&str, String)> {
+        let password = self
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().to_owned())
+            .unwrap_or_default();
+        self.username.as_deref().map(|user| (user, password))
     }
 }
 
