@@ -17,6 +17,8 @@ pub use gito_testkit::{ADMIN_TOKEN, TestApi, TestApp, TestDb, error_code, id_of}
 pub struct ApiProcess {
     pub child: Child,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The task reading stderr: done once the process is gone and every line was read.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub fn gito_api(db_url: &str, args: &[&str]) -> Command {
@@ -47,13 +49,32 @@ impl ApiProcess {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr piped");
         let sink = logs.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 sink.lock().expect("log lock").push(line);
             }
         });
-        ApiProcess { child, logs }
+        ApiProcess {
+            child,
+            logs,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits (up to `deadline`) for the process to exit and for its last log line to be read.
+    pub async fn exited(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let status = tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .expect("the process exits in time")
+            .expect("wait");
+        if let Some(reader) = self.reader.take() {
+            tokio::time::timeout(deadline, reader)
+                .await
+                .expect("stderr read to its end")
+                .expect("the log reader");
+        }
+        status
     }
 
     pub fn log_lines(&self) -> Vec<String> {

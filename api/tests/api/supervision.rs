@@ -69,10 +69,7 @@ async fn sigterm_drains_and_exits_zero_with_every_task_running() {
         .await
         .expect("kill runs");
     assert!(sent.success());
-    let status = tokio::time::timeout(DEADLINE, api.child.wait())
-        .await
-        .expect("the process exits after SIGTERM")
-        .expect("wait");
+    let status = api.exited(DEADLINE).await;
     assert!(
         status.success(),
         "exit status {status}: {:#?}",
