@@ -115,8 +115,27 @@ def mqtt_pub(port, user, password, topic, client_id):
     return result.returncode, result.stdout + result.stderr
 
 
-def bridge_args(env):
-    return ["-u", "gito-bridge", "-P", env["MQTT_BRIDGE_PASSWORD"]]
+def acl_probe(port, reader, writer, own_topic, other_topic, client_id):
+    """`reader` subscribes to both topics, then `writer` publishes to the other one first and to
+    its own second. The broker keeps order: if the first message seen is on the own topic, the
+    other one was dropped by the ACL. Returns (own exit code, other exit code, the topics that
+    arrived, the subscriber's transcript)."""
+    subscriber = subprocess.Popen(
+        # Line-buffered: SUBACK must be seen when it happens, not when the pipe's buffer fills.
+        ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-i", f"{client_id}-sub", "-u", reader[0], "-P", reader[1],
+         "-q", "1", "-t", own_topic, "-t", other_topic, "-v", "-d", "-C", "1", "-W", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in subscriber.stdout:
+        lines.append(line.rstrip())
+        if "SUBACK" in line:
+            break
+    other_code, _ = mqtt_pub(port, *writer, other_topic, f"{client_id}-other")
+    own_code, _ = mqtt_pub(port, *writer, own_topic, f"{client_id}-own")
+    rest, _ = subscriber.communicate(timeout=30)
+    lines += rest.splitlines()
+    received = [line.rsplit(" ", 1)[0] for line in lines if line.endswith(" 1") and line.split(" ", 1)[0] in (own_topic, other_topic)]
+    return own_code, other_code, received, "\n".join(lines)[-800:]
 
 
 def mqtt_acl_checks(port, env, tenant):
@@ -131,45 +150,17 @@ def mqtt_acl_checks(port, env, tenant):
     # own, the other one was dropped by the ACL.
     other = "01939d2a-0000-7000-8000-00000000beef"
     own_topic, other_topic = f"{tenant}/devices/acl-probe/telemetry", f"{other}/devices/acl-probe/telemetry"
-    subscriber = subprocess.Popen(
-        # Line-buffered: SUBACK must be seen when it happens, not when the pipe's buffer fills.
-        ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-i", "smoke-acl-sub", "-u", "gito-api", "-P", env["MQTT_API_PASSWORD"],
-         "-q", "1", "-t", own_topic, "-t", other_topic, "-v", "-d", "-C", "1", "-W", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in subscriber.stdout:
-        lines.append(line.rstrip())
-        if "SUBACK" in line:
-            break
-    bridge = ("gito-bridge", env["MQTT_BRIDGE_PASSWORD"])
-    other_code, _ = mqtt_pub(port, *bridge, other_topic, "smoke-acl-other")
-    own_code, _ = mqtt_pub(port, *bridge, own_topic, "smoke-acl-own")
-    rest, _ = subscriber.communicate(timeout=30)
-    received = [line for line in (lines + rest.splitlines()) if line.endswith(" 1") and "/devices/" in line]
-    check("mqtt: the bridge's user publishes under its tenant's prefix", own_code == 0 and received[:1] == [f"{own_topic} 1"], "\n".join(lines + rest.splitlines())[-800:])
-    check("mqtt: the bridge's user cannot publish under another tenant's prefix", other_code == 0 and all(other_topic not in line for line in received), "\n".join(received))
+    api_user = ("gito-api", env["MQTT_API_PASSWORD"])
+    bridge_user = ("gito-bridge", env["MQTT_BRIDGE_PASSWORD"])
+    own_code, other_code, received, transcript = acl_probe(port, api_user, bridge_user, own_topic, other_topic, "smoke-acl")
+    check("mqtt: the bridge's user publishes under its tenant's prefix", own_code == 0 and received[:1] == [own_topic], transcript)
+    check("mqtt: the bridge's user cannot publish under another tenant's prefix", other_code == 0 and other_topic not in received, "\n".join(received))
 
-    # Device events: gito-api announces, the bridge's user reads its own tenant's only. Published
-    # to the other tenant first: if the first event seen is its own, the other one was not
-    # delivered.
+    # Device events: gito-api announces, the bridge's user reads its own tenant's only.
     own_events, other_events = f"{tenant}/device-events", f"{other}/device-events"
-    subscriber = subprocess.Popen(
-        ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-i", "smoke-acl-events", *bridge_args(env),
-         "-q", "1", "-t", own_events, "-t", other_events, "-v", "-d", "-C", "1", "-W", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in subscriber.stdout:
-        lines.append(line.rstrip())
-        if "SUBACK" in line:
-            break
-    api = ("gito-api", env["MQTT_API_PASSWORD"])
-    other_code, _ = mqtt_pub(port, *api, other_events, "smoke-acl-events-other")
-    own_code, _ = mqtt_pub(port, *api, own_events, "smoke-acl-events-own")
-    rest, _ = subscriber.communicate(timeout=30)
-    received = [line for line in (lines + rest.splitlines()) if line.endswith(" 1") and "/device-events" in line]
+    own_code, other_code, received, transcript = acl_probe(port, bridge_user, api_user, own_events, other_events, "smoke-acl-events")
     check("mqtt: gito-api announces device events and the bridge's user reads its own tenant's only",
-          other_code == 0 and own_code == 0 and received == [f"{own_events} 1"],
-          "\n".join(lines + rest.splitlines())[-800:])
+          other_code == 0 and own_code == 0 and received == [own_events], transcript)
 
 
 compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
