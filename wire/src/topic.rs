@@ -67,10 +67,8 @@ impl FromStr for AlertsTopic {
     type Err = Invalid;
 
     fn from_str(topic: &str) -> Result<Self, Self::Err> {
-        let tenant = topic.strip_suffix("/alerts").ok_or(Invalid::Topic)?;
-        Ok(AlertsTopic {
-            tenant_id: Uuid::try_parse(tenant).map_err(|_| Invalid::Topic)?,
-        })
+        let tenant_id = tenant_before(topic, "/alerts")?;
+        Ok(AlertsTopic { tenant_id })
     }
 }
 
@@ -91,11 +89,15 @@ impl FromStr for DeviceEventsTopic {
     type Err = Invalid;
 
     fn from_str(topic: &str) -> Result<Self, Self::Err> {
-        let tenant = topic.strip_suffix("/device-events").ok_or(Invalid::Topic)?;
-        Ok(DeviceEventsTopic {
-            tenant_id: Uuid::try_parse(tenant).map_err(|_| Invalid::Topic)?,
-        })
+        let tenant_id = tenant_before(topic, "/device-events")?;
+        Ok(DeviceEventsTopic { tenant_id })
     }
+}
+
+/// The tenant id of a `{tenant_id}{suffix}` topic.
+fn tenant_before(topic: &str, suffix: &str) -> Result<Uuid, Invalid> {
+    let tenant = topic.strip_suffix(suffix).ok_or(Invalid::Topic)?;
+    Uuid::try_parse(tenant).map_err(|_| Invalid::Topic)
 }
 
 #[cfg(test)]
