@@ -3,6 +3,7 @@
 
 -- A redelivered envelope carries the same device, metric and event time: it must not add a row.
 -- Also serves "latest value per metric" (DISTINCT ON (metric) ... ORDER BY metric, ts DESC).
+-- gito-lint: allow unique-constraint-builds-index: every deployment applied 006 before this rule existed (production is past it); a database that still runs it is a new one, whose telemetry table is empty. Ack lines are outside the checksum.
 ALTER TABLE telemetry
     ADD COLUMN flagged BOOLEAN NOT NULL DEFAULT false,
     ADD CONSTRAINT telemetry_device_id_metric_ts_key UNIQUE (device_id, metric, ts);

@@ -10,7 +10,7 @@ use crate::config::{
     Cli, Command, DatabaseConfig, DatabaseUrl, MqttConfig, ServeConfig, TenantCommand, TokenCommand,
 };
 use crate::db_error::DbError;
-use crate::migrate::{Catalog, MigrateError, commands};
+use crate::migrate::{MigrateError, commands};
 use crate::startup::Server;
 
 /// The exit code of a failure that waiting may cure: the database is not reachable (yet).
@@ -23,7 +23,7 @@ pub async fn run() -> ExitCode {
     let cli = Cli::parse_args();
     gito_runtime::logging::init(cli.log.log_format, "info,sqlx=warn");
     match dispatch(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("gito-api: {}", gito_runtime::report(&e));
             if is_transient(&e) {
@@ -46,23 +46,24 @@ fn is_transient(e: &anyhow::Error) -> bool {
     })
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+/// Runs the subcommand; `Ok` holds the exit code (only `migrate check` and `lint` use more than 0).
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
-        Command::Serve(config) => serve(config).await,
-        Command::Processor { database, mqtt } => processor(database, mqtt).await,
+        Command::Serve(config) => serve(config).await.map(|()| 0),
+        Command::Processor { database, mqtt } => processor(database, mqtt).await.map(|()| 0),
         Command::Tenant {
             database,
             command: TenantCommand::Ensure { id, name },
         } => {
             let created = crate::bootstrap::ensure_tenant(database.url.expose(), id, &name).await?;
             println!("{id} {}", if created { "created" } else { "exists" });
-            Ok(())
+            Ok(0)
         }
         Command::Token {
             command: TokenCommand::Generate,
         } => {
             println!("{}", crate::auth::NewToken::generate().token);
-            Ok(())
+            Ok(0)
         }
         Command::Token {
             command:
@@ -78,17 +79,30 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     .await?;
             let outcome = if created { "registered" } else { "exists" };
             println!("token {name} for tenant {tenant_id} {outcome}");
-            Ok(())
+            Ok(0)
         }
         Command::Migrate {
             database_url,
             lock_wait,
+            migration,
             args,
         } => {
             let url = database_url.as_ref().map(DatabaseUrl::expose);
-            let out = commands::run(&args.command, url, lock_wait, Catalog::embedded()).await?;
-            println!("{out}");
-            Ok(())
+            let options = migration.options(lock_wait);
+            let out = commands::run(
+                &args.command,
+                url,
+                &options,
+                migration.runtime_dir.as_deref(),
+            )
+            .await?;
+            if !out.stdout.is_empty() {
+                println!("{}", out.stdout);
+            }
+            if let Some(err) = out.stderr {
+                eprintln!("gito-api: {err}");
+            }
+            Ok(out.exit)
         }
     }
 }

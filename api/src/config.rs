@@ -12,7 +12,7 @@ use gito_runtime::{ExposeSecret as _, SecretString};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::auth::AdminToken;
-use crate::migrate::MigrateArgs;
+use crate::migrate::{DriftMode, MigrateArgs, RunOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,6 +96,8 @@ pub enum Command {
         #[arg(long = "advisory-lock-wait", env = "GITO_MIGRATION_ADVISORY_LOCK_WAIT", default_value = "5m", value_parser = parse_duration, global = true)]
         lock_wait: Duration,
         #[command(flatten)]
+        migration: MigrationConfig,
+        #[command(flatten)]
         args: MigrateArgs,
     },
 }
@@ -171,6 +173,18 @@ pub struct ServeConfig {
     /// (exit 1) with a line naming the holder, e.g. `30s`, `5m`.
     #[arg(long = "advisory-lock-wait", env = "GITO_MIGRATION_ADVISORY_LOCK_WAIT", default_value = "5m", value_parser = parse_duration)]
     pub migration_lock_wait: Duration,
+    #[command(flatten)]
+    pub migration: MigrationConfig,
+    /// After migrating, compare the schema with what the migrations produce
+    /// (`gito-api migrate check`): `warn` logs each difference, `refuse` exits 1 on drift,
+    /// `off` skips it.
+    #[arg(
+        long = "migration-drift",
+        env = "GITO_MIGRATION_DRIFT",
+        default_value = "warn",
+        value_enum
+    )]
+    pub migration_drift: DriftMode,
     /// How long one message to a WebSocket client may take to go out before the client, which
     /// is not reading, is dropped, e.g. `10s`.
     #[arg(long, env = "GITO_WS_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -183,6 +197,58 @@ pub struct ServeConfig {
     pub live: bool,
     #[command(flatten)]
     pub mqtt: MqttConfig,
+}
+
+/// The bounds every migration runs within, and where the migrations come from.
+#[derive(Debug, Clone, Args)]
+pub struct MigrationConfig {
+    /// How long one migration statement may wait for a table lock (PostgreSQL `lock_timeout`)
+    /// before the migration fails naming the sessions that held it, e.g. `10s`; `0`: forever.
+    /// A migration's `-- gito: lock_timeout=...` header overrides it.
+    #[arg(long = "migration-lock-timeout", env = "GITO_MIGRATION_LOCK_TIMEOUT", default_value = "10s", value_parser = parse_timeout, global = true)]
+    pub lock_timeout: Duration,
+    /// How long one migration statement may run (PostgreSQL `statement_timeout`), e.g. `10m`;
+    /// `0`: forever. A migration's `-- gito: statement_timeout=...` header overrides it.
+    #[arg(long = "migration-statement-timeout", env = "GITO_MIGRATION_STATEMENT_TIMEOUT", default_value = "10m", value_parser = parse_timeout, global = true)]
+    pub statement_timeout: Duration,
+    /// Read the migrations from this directory at run time instead of those compiled into the
+    /// binary (development and tests).
+    #[arg(
+        long = "migrations-runtime-dir",
+        env = "GITO_MIGRATIONS_RUNTIME_DIR",
+        global = true
+    )]
+    pub runtime_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        let defaults = RunOptions::default();
+        MigrationConfig {
+            lock_timeout: defaults.lock_timeout,
+            statement_timeout: defaults.statement_timeout,
+            runtime_dir: None,
+        }
+    }
+}
+
+impl MigrationConfig {
+    pub fn options(&self, lock_wait: Duration) -> RunOptions {
+        RunOptions {
+            lock_wait,
+            lock_timeout: self.lock_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
+}
+
+/// A duration as for [`parse_duration`], or `0` / `off` for none.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    if s == "0" || s == "off" {
+        Ok(Duration::ZERO)
+    } else {
+        parse_duration(s)
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -37,14 +37,59 @@ pub struct Server {
 /// the migration connection's ` migrate`), unless DATABASE_URL names one.
 pub const APPLICATION_NAME: &str = "gito-api";
 
+/// GITO_MIGRATION_DRIFT: a schema changed by hand is logged (`warn`) or stops the start
+/// (`refuse`). A check that cannot run (e.g. no CREATEDB privilege for its scratch database) is
+/// only logged, in both modes.
+async fn drift_on_boot(
+    url: &str,
+    catalog: &Catalog,
+    options: &migrate::RunOptions,
+    mode: migrate::DriftMode,
+) -> anyhow::Result<()> {
+    if mode == migrate::DriftMode::Off {
+        return Ok(());
+    }
+    match migrate::check::check(url, catalog, options).await {
+        Ok(report) if report.in_sync() => {
+            tracing::info!(at = report.at, "schema matches the migrations");
+            Ok(())
+        }
+        Ok(report) => {
+            for line in &report.lines {
+                tracing::warn!(difference = line, "schema drift");
+            }
+            let summary = format!(
+                "schema drift: {} difference(s) from what the migrations produce, first: {}; \
+                 `gito-api migrate check` prints each with the SQL that fixes it",
+                report.lines.len(),
+                report.lines[0]
+            );
+            if mode == migrate::DriftMode::Refuse {
+                anyhow::bail!("{summary} (GITO_MIGRATION_DRIFT=refuse)");
+            }
+            tracing::warn!("{summary}");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the schema for drift");
+            Ok(())
+        }
+    }
+}
+
 impl Server {
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Server> {
         let url = config.database.url.expose();
+        let options = config.migration.options(config.migration_lock_wait);
+        let catalog = Catalog::load(config.migration.runtime_dir.as_deref())
+            .await
+            .context("migrating on boot")?;
         if config.migrate_on_boot {
-            migrate::up_waiting(url, Catalog::embedded(), None, config.migration_lock_wait)
+            migrate::up_with(url, &catalog, None, &options)
                 .await
                 .context("migrating on boot")?;
         }
+        drift_on_boot(url, &catalog, &options, config.migration_drift).await?;
         let options = config
             .database
             .url

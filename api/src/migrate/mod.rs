@@ -4,14 +4,20 @@
 //! stamping, stepping down, and the "Running upgrade" log lines they grep for.
 
 mod catalog;
+pub mod check;
+pub mod lint;
+pub mod repair;
 mod runner;
+pub mod sql;
 
-pub use catalog::{Catalog, Migration};
+pub use catalog::{Catalog, Header, Migration};
 pub mod commands;
-pub use commands::{MigrateArgs, MigrateCommand, new_migration};
+pub use check::DriftMode;
+pub use commands::{MigrateArgs, MigrateCommand, Outcome, new_migration, renumber};
 pub use runner::{
-    Applied, DEFAULT_LOCK_WAIT, DownTarget, LOCK_KEY, Status, down, down_waiting, stamp,
-    stamp_waiting, status, up, up_waiting,
+    Applied, DEFAULT_LOCK_TIMEOUT, DEFAULT_LOCK_WAIT, DEFAULT_STATEMENT_TIMEOUT, DownTarget,
+    LOCK_KEY, Partial, RunOptions, Status, down, down_waiting, down_with, stamp, stamp_waiting,
+    status, up, up_waiting, up_with,
 };
 
 /// Why a migration command or a boot-time migration stopped. Each variant reads as one line
@@ -43,12 +49,43 @@ pub enum MigrateError {
         file: String,
         reason: String,
     },
+    #[error(
+        "migration {name} ({file}) is partly applied: {done} of {total} statement(s) ran before one failed \
+         (a no-transaction migration): run `gito-api migrate repair` to see what exists, then \
+         `gito-api migrate repair --roll-forward` or `--stamp`"
+    )]
+    Partial {
+        name: String,
+        file: String,
+        done: i32,
+        total: i32,
+    },
     #[error("migration {name} has no down migration ({file} is missing)")]
     Irreversible { name: String, file: String },
     #[error("unknown migration version {0:?} (try `gito-api migrate history`)")]
     UnknownVersion(String),
-    #[error("two migrations share version {0:03}: give one of them the next free number")]
-    DuplicateVersion(i64),
+    #[error(
+        "two migrations share version {version:03}: migrations/{first}.up.sql and migrations/{second}.up.sql \
+         (two branches merged): renumber whichever no database has applied yet, \
+         `gito-api migrate renumber {first}` or `gito-api migrate renumber {second}` (it becomes the next free number)"
+    )]
+    DuplicateVersion {
+        version: i64,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "migrations skip version {missing:03}: migrations/{before}.up.sql is followed by \
+         migrations/{after}.up.sql: renumber it with `gito-api migrate renumber {after} {missing:03}`, \
+         or restore the missing migration"
+    )]
+    Gap {
+        missing: i64,
+        before: String,
+        after: String,
+    },
+    #[error("{file}: {reason}")]
+    Header { file: String, reason: String },
     #[error("cannot read migrations: {0}")]
     Source(String),
     #[error("invalid migration name {0:?}: use lower-case letters, digits and underscores")]

@@ -5,6 +5,8 @@
 //! the command ends, also on error, so the lock can never leak into a pool. Each migration runs
 //! in its own transaction together with its bookkeeping row. Waiting for another process's lock
 //! is bounded, and giving up names that process (`pg_locks` joined with `pg_stat_activity`).
+//! Every migration runs with `lock_timeout` and `statement_timeout`; a statement cancelled by its
+//! lock timeout names the sessions it waited for (`pg_blocking_pids`).
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,30 @@ const LOCK_POLL: Duration = Duration::from_millis(200);
 const LOCK_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The migration connection's `application_name`, which a waiting process names.
 const APPLICATION_NAME: &str = "gito-api migrate";
+/// How long one migration statement may wait for a table lock unless told otherwise.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one migration statement may run unless told otherwise.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The bounds every migration runs within; a migration's `-- gito:` header overrides the two
+/// timeouts (zero: none).
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// How long to wait for another process's advisory (migration) lock.
+    pub lock_wait: Duration,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            lock_wait: DEFAULT_LOCK_WAIT,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
+}
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS gito_schema_migrations (
     version      BIGINT      PRIMARY KEY,
@@ -34,6 +60,17 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS gito_schema_migrations (
     applied_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     execution_ms BIGINT      NOT NULL,
     stamped      BOOLEAN     NOT NULL DEFAULT false
+);
+ALTER TABLE gito_schema_migrations
+    ADD COLUMN IF NOT EXISTS no_transaction BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS gito_schema_migrations_partial (
+    version    BIGINT      PRIMARY KEY,
+    name       TEXT        NOT NULL,
+    checksum   BYTEA       NOT NULL,
+    statements INTEGER     NOT NULL,
+    done       INTEGER     NOT NULL,
+    error      TEXT,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )";
 
 /// A row of `gito_schema_migrations`.
@@ -92,7 +129,33 @@ pub async fn up_waiting(
     target: Option<i64>,
     lock_wait: Duration,
 ) -> Result<Vec<Migration>, MigrateError> {
-    locked(database_url, lock_wait, async |conn| {
+    let options = RunOptions {
+        lock_wait,
+        ..RunOptions::default()
+    };
+    up_with(database_url, catalog, target, &options).await
+}
+
+/// `up` within `options`' bounds.
+pub async fn up_with(
+    database_url: &str,
+    catalog: &Catalog,
+    target: Option<i64>,
+    options: &RunOptions,
+) -> Result<Vec<Migration>, MigrateError> {
+    up_logged(database_url, catalog, target, options, true).await
+}
+
+/// `up`; `log: false` for a scratch replay (`check`), whose "Running upgrade" lines would read
+/// as the real database being migrated.
+pub(super) async fn up_logged(
+    database_url: &str,
+    catalog: &Catalog,
+    target: Option<i64>,
+    options: &RunOptions,
+    log: bool,
+) -> Result<Vec<Migration>, MigrateError> {
+    locked(database_url, options.lock_wait, async |conn| {
         let status = read_status(conn, catalog).await?;
         check_applied(&status, catalog)?;
         // Both lists are sorted: a pending migration below the newest applied one means two
@@ -114,8 +177,18 @@ pub async fn up_waiting(
             .into_iter()
             .filter(|m| target.is_none_or(|t| m.version <= t))
         {
-            tracing::info!("Running upgrade {from} -> {}", m.name);
-            apply_up(conn, &m).await?;
+            if let Some(partial) = partial(conn, m.version).await? {
+                return Err(MigrateError::Partial {
+                    name: m.name.clone(),
+                    file: m.up_file(),
+                    done: partial.done,
+                    total: partial.statements,
+                });
+            }
+            if log {
+                tracing::info!("Running upgrade {from} -> {}", m.name);
+            }
+            apply_up(conn, database_url, &m, options, 0).await?;
             from.clone_from(&m.name);
             done.push(m);
         }
@@ -140,7 +213,21 @@ pub async fn down_waiting(
     target: DownTarget,
     lock_wait: Duration,
 ) -> Result<Vec<Migration>, MigrateError> {
-    locked(database_url, lock_wait, async |conn| {
+    let options = RunOptions {
+        lock_wait,
+        ..RunOptions::default()
+    };
+    down_with(database_url, catalog, target, &options).await
+}
+
+/// `down` within `options`' bounds.
+pub async fn down_with(
+    database_url: &str,
+    catalog: &Catalog,
+    target: DownTarget,
+    options: &RunOptions,
+) -> Result<Vec<Migration>, MigrateError> {
+    locked(database_url, options.lock_wait, async |conn| {
         let status = read_status(conn, catalog).await?;
         check_applied(&status, catalog)?;
         let to_revert: Vec<&Applied> = match target {
@@ -168,7 +255,7 @@ pub async fn down_waiting(
                 .find(|a| a.version < m.version)
                 .map_or("base", |a| a.name.as_str());
             tracing::info!("Running downgrade {} -> {below}", m.name);
-            apply_down(conn, &m).await?;
+            apply_down(conn, database_url, &m, options).await?;
             done.push(m);
         }
         Ok(done)
@@ -220,7 +307,7 @@ pub async fn stamp_waiting(
 }
 
 /// Runs `f` on a fresh connection holding the migration lock; always closes the connection.
-async fn locked<T>(
+pub(super) async fn locked<T>(
     database_url: &str,
     lock_wait: Duration,
     f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, MigrateError>,
@@ -241,7 +328,7 @@ async fn locked<T>(
     result
 }
 
-async fn connect(database_url: &str) -> Result<PgConnection, MigrateError> {
+pub(super) async fn connect(database_url: &str) -> Result<PgConnection, MigrateError> {
     Ok(PgConnection::connect_with(&connect_options(database_url, APPLICATION_NAME)?).await?)
 }
 
@@ -343,7 +430,7 @@ fn display_duration(d: Duration) -> String {
     }
 }
 
-async fn close(conn: PgConnection) {
+pub(super) async fn close(conn: PgConnection) {
     if let Err(e) = conn.close().await {
         tracing::warn!(error = %e, "closing the migration connection failed");
     }
@@ -393,52 +480,163 @@ fn check_applied(status: &Status, catalog: &Catalog) -> Result<(), MigrateError>
     Ok(())
 }
 
-async fn apply_up(conn: &mut PgConnection, m: &Migration) -> Result<(), MigrateError> {
-    let failed = |e: sqlx::Error| failure(m, m.up_file(), e);
+/// A `-- gito: no-transaction` migration that failed part-way, as recorded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Partial {
+    pub version: i64,
+    pub name: String,
+    pub checksum: Vec<u8>,
+    pub statements: i32,
+    pub done: i32,
+    pub error: Option<String>,
+}
+
+pub(super) async fn partial(
+    conn: &mut PgConnection,
+    version: i64,
+) -> Result<Option<Partial>, MigrateError> {
+    Ok(sqlx::query_as(
+        "SELECT version, name, checksum, statements, done, error
+         FROM gito_schema_migrations_partial WHERE version = $1",
+    )
+    .bind(version)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Sets the session's lock and statement timeouts for one migration (its header wins).
+async fn bound(
+    conn: &mut PgConnection,
+    m: &Migration,
+    options: &RunOptions,
+) -> Result<(Duration, Duration), MigrateError> {
+    let lock_timeout = m.lock_timeout.unwrap_or(options.lock_timeout);
+    let statement_timeout = m.statement_timeout.unwrap_or(options.statement_timeout);
+    sqlx::query(
+        "SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)",
+    )
+    .bind(format!("{}ms", lock_timeout.as_millis()))
+    .bind(format!("{}ms", statement_timeout.as_millis()))
+    .execute(&mut *conn)
+    .await?;
+    Ok((lock_timeout, statement_timeout))
+}
+
+/// Applies `m` from statement `from` on (0: all of it). A transactional migration runs in one
+/// transaction with its bookkeeping row; a no-transaction one statement by statement, its
+/// progress recorded in `gito_schema_migrations_partial` so that `repair` can tell what ran.
+pub(super) async fn apply_up(
+    conn: &mut PgConnection,
+    database_url: &str,
+    m: &Migration,
+    options: &RunOptions,
+    from: usize,
+) -> Result<(), MigrateError> {
+    let timeouts = bound(conn, m, options).await?;
+    let watch = Blockers::watch(conn, database_url, timeouts.0).await?;
+    let failed =
+        |e: sqlx::Error, watch: &Blockers| failure(m, m.up_file(), e, timeouts, &watch.seen());
     let started = Instant::now();
-    // A `-- no-transaction` migration (e.g. CREATE INDEX CONCURRENTLY) runs on its own; its
-    // bookkeeping row still commits only after it succeeded.
     let mut tx = if m.no_tx {
-        sqlx::raw_sql(m.up.clone())
-            .execute(&mut *conn)
-            .await
-            .map_err(failed)?;
-        conn.begin().await?
+        let statements = super::sql::parse(m.up.as_str()).statements;
+        let total = i32::try_from(statements.len()).unwrap_or(i32::MAX);
+        sqlx::query(
+            "INSERT INTO gito_schema_migrations_partial (version, name, checksum, statements, done)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (version) DO UPDATE SET checksum = $3, statements = $4, error = NULL",
+        )
+        .bind(m.version)
+        .bind(&m.name)
+        .bind(&m.checksum)
+        .bind(total)
+        .bind(i32::try_from(from).unwrap_or(i32::MAX))
+        .execute(&mut *conn)
+        .await?;
+        for (i, statement) in statements.iter().enumerate().skip(from) {
+            if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.text.clone()))
+                .execute(&mut *conn)
+                .await
+            {
+                let error = failed(e, &watch);
+                sqlx::query(
+                    "UPDATE gito_schema_migrations_partial SET error = $2 WHERE version = $1",
+                )
+                .bind(m.version)
+                .bind(error.to_string())
+                .execute(&mut *conn)
+                .await?;
+                watch.stop().await;
+                return Err(match error {
+                    MigrateError::Failed { name, file, reason } => MigrateError::Failed {
+                        name,
+                        file,
+                        reason: format!(
+                            "{reason} (statement {} of {total}, line {}; the {i} before it stay applied: \
+                             see `gito-api migrate repair`)",
+                            i + 1,
+                            statement.line
+                        ),
+                    },
+                    other => other,
+                });
+            }
+            sqlx::query("UPDATE gito_schema_migrations_partial SET done = $2 WHERE version = $1")
+                .bind(m.version)
+                .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let mut tx = conn.begin().await?;
+        sqlx::query("DELETE FROM gito_schema_migrations_partial WHERE version = $1")
+            .bind(m.version)
+            .execute(&mut *tx)
+            .await?;
+        tx
     } else {
         let mut tx = conn.begin().await?;
-        sqlx::raw_sql(m.up.clone())
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
+        if let Err(e) = sqlx::raw_sql(m.up.clone()).execute(&mut *tx).await {
+            let error = failed(e, &watch);
+            watch.stop().await;
+            return Err(error);
+        }
         tx
     };
+    watch.stop().await;
     let elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
     sqlx::query(
-        "INSERT INTO gito_schema_migrations (version, name, checksum, execution_ms)
-         VALUES ($1, $2, $3, $4)",
+        "INSERT INTO gito_schema_migrations (version, name, checksum, execution_ms, no_transaction)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(m.version)
     .bind(&m.name)
     .bind(&m.checksum)
     .bind(elapsed_ms)
+    .bind(m.no_tx)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(())
 }
 
-async fn apply_down(conn: &mut PgConnection, m: &Migration) -> Result<(), MigrateError> {
+async fn apply_down(
+    conn: &mut PgConnection,
+    database_url: &str,
+    m: &Migration,
+    options: &RunOptions,
+) -> Result<(), MigrateError> {
     let Some(sql) = &m.down else {
         return Err(MigrateError::Irreversible {
             name: m.name.clone(),
             file: m.down_file(),
         });
     };
+    let timeouts = bound(conn, m, options).await?;
+    let watch = Blockers::watch(conn, database_url, timeouts.0).await?;
     let mut tx = conn.begin().await?;
-    sqlx::raw_sql(sql.clone())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| failure(m, m.down_file(), e))?;
+    let result = sqlx::raw_sql(sql.clone()).execute(&mut *tx).await;
+    let blockers = watch.seen();
+    watch.stop().await;
+    result.map_err(|e| failure(m, m.down_file(), e, timeouts, &blockers))?;
     sqlx::query("DELETE FROM gito_schema_migrations WHERE version = $1")
         .bind(m.version)
         .execute(&mut *tx)
@@ -447,17 +645,146 @@ async fn apply_down(conn: &mut PgConnection, m: &Migration) -> Result<(), Migrat
     Ok(())
 }
 
-/// Turns a failed statement into one line: PostgreSQL's message, and its hint when it has one.
-fn failure(m: &Migration, file: String, error: sqlx::Error) -> MigrateError {
+/// Watches, on a connection of its own, which sessions block the migration connection, so that a
+/// statement cancelled by `lock_timeout` can name them (once cancelled, nothing blocks it any more).
+pub(super) struct Blockers {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio_util::sync::CancellationToken,
+    )>,
+}
+
+impl Blockers {
+    async fn watch(
+        conn: &mut PgConnection,
+        database_url: &str,
+        lock_timeout: Duration,
+    ) -> Result<Blockers, MigrateError> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if lock_timeout.is_zero() {
+            return Ok(Blockers { seen, task: None });
+        }
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await?;
+        let mut watcher = PgConnection::connect_with(&connect_options(
+            database_url,
+            "gito-api migrate (lock watch)",
+        )?)
+        .await?;
+        let every = (lock_timeout / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let sink = seen.clone();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(found) = blocking(&mut watcher, pid).await
+                    && !found.is_empty()
+                {
+                    *sink.lock().expect("blockers lock") = found;
+                }
+                tokio::select! {
+                    () = stopped.cancelled() => break,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+            close(watcher).await;
+        });
+        Ok(Blockers {
+            seen,
+            task: Some((task, stop)),
+        })
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("blockers lock").clone()
+    }
+
+    async fn stop(self) {
+        if let Some((task, stop)) = self.task {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+}
+
+/// The sessions `pid` waits for, in words: pid, application, client, open since, doing what.
+async fn blocking(conn: &mut PgConnection, pid: i32) -> Result<Vec<String>, sqlx::Error> {
+    type Row = (
+        i32,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<OffsetDateTime>,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT a.pid, a.application_name, a.usename::text, host(a.client_addr),
+                coalesce(a.xact_start, a.backend_start), a.state, left(a.query, 120)
+         FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1)) ORDER BY a.pid",
+    )
+    .bind(pid)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(pid, app, user, client, since, state, query)| {
+            let or = |v: Option<String>| v.unwrap_or_else(|| "?".to_owned());
+            format!(
+                "pid {pid} (application_name {:?}, user {}, client {}, since {}, state {:?}, last query {:?})",
+                or(app),
+                or(user),
+                client.unwrap_or_else(|| "local socket".to_owned()),
+                since
+                    .and_then(|t| t.format(&Rfc3339).ok())
+                    .unwrap_or_else(|| "?".to_owned()),
+                or(state),
+                or(query),
+            )
+        })
+        .collect())
+}
+
+/// Turns a failed statement into one line: PostgreSQL's message, and its hint when it has one;
+/// a timeout says which and, for a lock, who held it.
+fn failure(
+    m: &Migration,
+    file: String,
+    error: sqlx::Error,
+    (lock_timeout, statement_timeout): (Duration, Duration),
+    blockers: &[String],
+) -> MigrateError {
     let reason = match error.as_database_error() {
         Some(db) => {
-            let hint = db
-                .try_downcast_ref::<PgDatabaseError>()
-                .and_then(PgDatabaseError::hint);
-            match hint {
+            let pg = db.try_downcast_ref::<PgDatabaseError>();
+            let hint = pg.and_then(PgDatabaseError::hint);
+            let code = db.code().unwrap_or_default();
+            let mut reason = match hint {
                 Some(hint) => format!("{} (hint: {hint})", db.message()),
                 None => db.message().to_owned(),
+            };
+            if code == "55P03" && db.message().contains("lock timeout") {
+                let who = if blockers.is_empty() {
+                    "a session that released its lock before it could be named".to_owned()
+                } else {
+                    blockers.join("; ")
+                };
+                reason = format!(
+                    "{reason}: waited lock_timeout {} for a lock held by {who}; let it finish or end it \
+                     (SELECT pg_terminate_backend(pid)), then retry, or raise GITO_MIGRATION_LOCK_TIMEOUT \
+                     or the migration's `-- gito: lock_timeout=...` header",
+                    display_duration(lock_timeout)
+                );
+            } else if code == "57014" && db.message().contains("statement timeout") {
+                reason = format!(
+                    "{reason}: ran longer than statement_timeout {}; raise GITO_MIGRATION_STATEMENT_TIMEOUT \
+                     or the migration's `-- gito: statement_timeout=...` header",
+                    display_duration(statement_timeout)
+                );
             }
+            reason
         }
         None => error.to_string(),
     };
