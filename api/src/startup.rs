@@ -38,23 +38,46 @@ pub struct Server {
 pub const APPLICATION_NAME: &str = "gito-api";
 
 /// GITO_MIGRATION_DRIFT: a schema changed by hand is logged (`warn`) or stops the start
-/// (`refuse`). A check that cannot run (e.g. no CREATEDB privilege for its scratch database) is
-/// only logged, in both modes.
+/// (`refuse`). `warn` checks in the background, so the replay never delays readiness, and only
+/// one of several replicas booting together checks. A check that cannot run (e.g. no CREATEDB
+/// privilege for its scratch database) is only logged, in both modes.
 async fn drift_on_boot(
     url: &str,
     catalog: &Catalog,
     options: &migrate::RunOptions,
     mode: migrate::DriftMode,
 ) -> anyhow::Result<()> {
-    if mode == migrate::DriftMode::Off {
-        return Ok(());
+    match mode {
+        migrate::DriftMode::Off => Ok(()),
+        migrate::DriftMode::Refuse => {
+            let report = migrate::check::check(url, catalog, options).await;
+            report_drift(report.map(Some), true)
+        }
+        migrate::DriftMode::Warn => {
+            let (url, catalog, options) = (url.to_owned(), catalog.clone(), *options);
+            tokio::spawn(async move {
+                let report = migrate::check::check_once(&url, &catalog, &options, true).await;
+                let _ = report_drift(report, false);
+            });
+            Ok(())
+        }
     }
-    match migrate::check::check(url, catalog, options).await {
-        Ok(report) if report.in_sync() => {
+}
+
+fn report_drift(
+    report: Result<Option<migrate::check::Report>, migrate::MigrateError>,
+    refuse: bool,
+) -> anyhow::Result<()> {
+    match report {
+        Ok(None) => {
+            tracing::info!("another process is checking the schema for drift");
+            Ok(())
+        }
+        Ok(Some(report)) if report.in_sync() => {
             tracing::info!(at = report.at, "schema matches the migrations");
             Ok(())
         }
-        Ok(report) => {
+        Ok(Some(report)) => {
             for line in &report.lines {
                 tracing::warn!(difference = line, "schema drift");
             }
@@ -64,7 +87,7 @@ async fn drift_on_boot(
                 report.lines.len(),
                 report.lines[0]
             );
-            if mode == migrate::DriftMode::Refuse {
+            if refuse {
                 anyhow::bail!("{summary} (GITO_MIGRATION_DRIFT=refuse)");
             }
             tracing::warn!("{summary}");

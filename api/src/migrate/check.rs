@@ -72,6 +72,21 @@ pub async fn check(
     catalog: &Catalog,
     options: &RunOptions,
 ) -> Result<Report, MigrateError> {
+    check_once(database_url, catalog, options, false)
+        .await
+        .map(|r| r.expect("waits for no one"))
+}
+
+/// Taken while a check runs, so replicas booting together check once, not once each.
+const CHECK_LOCK_KEY: i64 = 0x0067_6974_6f63_686b; // "gitochk"
+
+/// `check`, or `None` at once when `skip_if_busy` and another process is checking right now.
+pub async fn check_once(
+    database_url: &str,
+    catalog: &Catalog,
+    options: &RunOptions,
+    skip_if_busy: bool,
+) -> Result<Option<Report>, MigrateError> {
     let status = runner::status(database_url, catalog).await?;
     for a in &status.applied {
         match catalog.get(a.version) {
@@ -91,6 +106,16 @@ pub async fn check(
     }
     let at = status.current().map(|a| (a.version, a.name.clone()));
     let mut live = runner::connect(database_url).await?;
+    if skip_if_busy {
+        let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(CHECK_LOCK_KEY)
+            .fetch_one(&mut live)
+            .await?;
+        if !mine {
+            runner::close(live).await;
+            return Ok(None);
+        }
+    }
     // Named after the live database, so an operator (and a test) can tell whose it was.
     let live_name: String = sqlx::query_scalar("SELECT current_database()::text")
         .fetch_one(&mut live)
@@ -136,7 +161,7 @@ pub async fn check(
     }
     let _ = live.close().await;
     let (expected, actual) = (replayed?, actual?);
-    Ok(Report {
+    Ok(Some(Report {
         at: at.map_or_else(|| "base".to_owned(), |(_, name)| name),
         lines: diff(
             &actual,
@@ -151,7 +176,7 @@ pub async fn check(
             .into_iter()
             .map(|(_, sql)| sql)
             .collect(),
-    })
+    }))
 }
 
 /// `url` with its database name replaced.

@@ -362,8 +362,9 @@ async fn lock(conn: &mut PgConnection, wait: Duration) -> Result<(), MigrateErro
             });
         }
         if logged.is_none_or(|at| at.elapsed() >= LOCK_LOG_EVERY) {
+            let holder = holder(conn).await?;
             tracing::info!(
-                holder = holder(conn).await?,
+                holder,
                 waited_s = started.elapsed().as_secs(),
                 gives_up_after = display_duration(wait),
                 "another process holds the migration lock; waiting for it"

@@ -7,6 +7,7 @@ use gito_api::migrate::check::{Report, check};
 use gito_api::migrate::{Catalog, RunOptions};
 
 use crate::helpers::{ApiProcess, TestDb, gito_api};
+use gito_testkit::wait_for;
 
 async fn drifted(sql: &str) -> (TestDb, Report) {
     let db = TestDb::migrated().await;
@@ -149,17 +150,18 @@ async fn boot_warns_about_drift_by_default_and_refuses_with_gito_migration_drift
 
     let mut api = ApiProcess::start(gito_api(&db.url, &["serve"]));
     api.wait_ready(Duration::from_secs(30)).await;
-    let warned: Vec<String> = api
-        .log_lines()
-        .into_iter()
-        .filter(|l| l.contains("schema drift"))
-        .collect();
-    assert!(
-        warned.iter().any(|l| l.contains("\"level\":\"WARN\"")
-            && l.contains("column devices.foo: in database, not in migrations → ALTER TABLE devices DROP COLUMN foo;")),
-        "{:#?}",
-        api.log_lines()
-    );
+    // Checked in the background: readiness does not wait for the replay.
+    let warned = |api: &ApiProcess| {
+        api.log_lines().iter().any(|l| {
+            l.contains("\"level\":\"WARN\"")
+                && l.contains("schema drift")
+                && l.contains("column devices.foo: in database, not in migrations → ALTER TABLE devices DROP COLUMN foo;")
+        })
+    };
+    wait_for(Duration::from_secs(30), "the drift warning", || async {
+        warned(&api)
+    })
+    .await;
     assert_eq!(
         api.count("Running upgrade"),
         0,
