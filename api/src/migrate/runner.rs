@@ -286,6 +286,11 @@ pub async fn stamp_waiting(
             .bind(target.unwrap_or(i64::MIN))
             .execute(&mut *tx)
             .await?;
+        // Stamping past a partly applied migration is the operator saying it is complete.
+        sqlx::query("DELETE FROM gito_schema_migrations_partial WHERE version <= $1")
+            .bind(target.unwrap_or(i64::MIN))
+            .execute(&mut *tx)
+            .await?;
         for m in catalog
             .iter()
             .filter(|m| target.is_some_and(|t| m.version <= t))
@@ -633,8 +638,30 @@ async fn apply_down(
     };
     let timeouts = bound(conn, m, options).await?;
     let watch = Blockers::watch(conn, database_url, timeouts.0).await?;
+    // A down file headed `-- gito: no-transaction` (e.g. DROP INDEX CONCURRENTLY) runs statement
+    // by statement; reverting is re-runnable by writing it with IF EXISTS.
+    let no_tx = sql.as_str().starts_with("-- no-transaction")
+        || super::Header::parse(sql.as_str()).is_ok_and(|h| h.no_transaction);
+    let result = if no_tx {
+        let mut result = Ok(());
+        for statement in super::sql::parse(sql.as_str()).statements {
+            result = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.text))
+                .execute(&mut *conn)
+                .await
+                .map(drop);
+            if result.is_err() {
+                break;
+            }
+        }
+        result
+    } else {
+        Ok(())
+    };
     let mut tx = conn.begin().await?;
-    let result = sqlx::raw_sql(sql.clone()).execute(&mut *tx).await;
+    let result = match result {
+        Ok(()) if !no_tx => sqlx::raw_sql(sql.clone()).execute(&mut *tx).await.map(drop),
+        other => other,
+    };
     let blockers = watch.seen();
     watch.stop().await;
     result.map_err(|e| failure(m, m.down_file(), e, timeouts, &blockers))?;

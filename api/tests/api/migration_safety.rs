@@ -218,6 +218,11 @@ async fn a_no_transaction_migration_runs_create_index_concurrently_and_is_record
         "002_t_idx.up.sql",
         "-- gito: no-transaction\nCREATE INDEX CONCURRENTLY t_id_idx ON t (id);\nCREATE INDEX CONCURRENTLY t_id2_idx ON t (id);",
     );
+    write(
+        dir.path(),
+        "002_t_idx.down.sql",
+        "-- gito: no-transaction\nDROP INDEX CONCURRENTLY t_id_idx;\nDROP INDEX CONCURRENTLY t_id2_idx;",
+    );
     let catalog = Catalog::from_dir(dir.path()).await.expect("catalog");
     assert!(catalog.get(2).expect("002").no_transaction());
     migrate::up(&db.url, &catalog, None).await.expect("up");
@@ -237,6 +242,19 @@ async fn a_no_transaction_migration_runs_create_index_concurrently_and_is_record
     .await
     .expect("indexes");
     assert_eq!(valid, 2);
+
+    migrate::down(&db.url, &catalog, migrate::DownTarget::Steps(1))
+        .await
+        .expect("a no-transaction down runs DROP INDEX CONCURRENTLY");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relname IN ('t_id_idx', 't_id2_idx')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("indexes");
+    assert_eq!(left, 0);
+    let current = migrate::status(&db.url, &catalog).await.expect("status");
+    assert_eq!(current.current().map(|a| a.version), Some(1));
 }
 
 /// 002's unique index cannot be built while `t.v` holds duplicates: PostgreSQL leaves it INVALID,
