@@ -389,6 +389,27 @@ mod tests {
     }
 
     #[test]
+    fn migration_bounds_default_to_the_documented_values_and_0_means_none() {
+        let cli = Cli::try_parse_from(["gito-api", "migrate", "current"]).expect("parses");
+        let Command::Migrate { migration, .. } = cli.command else {
+            panic!("migrate");
+        };
+        let options = migration.options(Duration::from_secs(1));
+        assert_eq!(options.lock_timeout, Duration::from_secs(10));
+        assert_eq!(options.statement_timeout, Duration::from_secs(600));
+        assert_eq!(
+            (options.lock_timeout, options.statement_timeout),
+            (
+                crate::migrate::DEFAULT_LOCK_TIMEOUT,
+                crate::migrate::DEFAULT_STATEMENT_TIMEOUT
+            )
+        );
+        assert_eq!(parse_timeout("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_timeout("off"), Ok(Duration::ZERO));
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+    }
+
+    #[test]
     fn durations_read_with_their_unit() {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));

@@ -105,7 +105,7 @@ pub async fn check_once(
         }
     }
     let at = status.current().map(|a| (a.version, a.name.clone()));
-    let mut live = runner::connect(database_url).await?;
+    let mut live = runner::connect_quiet(database_url).await?;
     if skip_if_busy {
         let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(CHECK_LOCK_KEY)

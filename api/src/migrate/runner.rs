@@ -333,6 +333,14 @@ pub(super) async fn locked<T>(
     result
 }
 
+/// `connect`, without sqlx's "slow statement" warnings (`check`'s CREATE/DROP DATABASE are slow
+/// by nature; the warning would read as a problem).
+pub(super) async fn connect_quiet(database_url: &str) -> Result<PgConnection, MigrateError> {
+    use sqlx::ConnectOptions as _;
+    let options = connect_options(database_url, APPLICATION_NAME)?.disable_statement_logging();
+    Ok(PgConnection::connect_with(&options).await?)
+}
+
 pub(super) async fn connect(database_url: &str) -> Result<PgConnection, MigrateError> {
     Ok(PgConnection::connect_with(&connect_options(database_url, APPLICATION_NAME)?).await?)
 }
