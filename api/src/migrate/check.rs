@@ -135,7 +135,7 @@ pub async fn check_once(
         .await;
     if let Err(e) = created {
         runner::close(live).await;
-        return Err(MigrateError::Source(format!(
+        return Err(MigrateError::Check(format!(
             "cannot create the scratch database to replay the migrations into (CREATE DATABASE needs the CREATEDB privilege): {e}"
         )));
     }

@@ -86,6 +86,9 @@ pub enum MigrateError {
     },
     #[error("{file}: {reason}")]
     Header { file: String, reason: String },
+    /// `check` could not set up its comparison.
+    #[error("{0}")]
+    Check(String),
     #[error("cannot read migrations: {0}")]
     Source(String),
     #[error("invalid migration name {0:?}: use lower-case letters, digits and underscores")]

@@ -183,3 +183,69 @@ async fn boot_warns_about_drift_by_default_and_refuses_with_gito_migration_drift
     );
     assert!(last.ends_with("(GITO_MIGRATION_DRIFT=refuse)"), "{stderr}");
 }
+
+/// Production users often lack CREATEDB: the check cannot make its scratch database. Boot logs
+/// that and starts, even under `refuse` (it refuses drift it saw, not a check it could not run);
+/// `migrate check` exits 2 saying why.
+#[tokio::test]
+async fn without_createdb_boot_warns_that_it_could_not_check_and_starts_and_check_exits_2() {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (role, name) = (format!("gito_nocreatedb_{id}"), format!("gito_test_{id}"));
+    let admin = TestDb::migrated().await; // any database of the server, to run DDL from
+    let mut conn = admin.connect().await;
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN NOCREATEDB"),
+        format!("CREATE DATABASE {name} OWNER {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .expect("role and database");
+    }
+    let url = format!(
+        "{}/{name}",
+        admin
+            .url
+            .rsplit_once('/')
+            .expect("url")
+            .0
+            .replacen("postgres@", &format!("{role}@"), 1)
+    );
+
+    let mut api = ApiProcess::start({
+        let mut c = gito_api(&url, &["serve"]);
+        c.env("GITO_MIGRATION_DRIFT", "refuse");
+        c
+    });
+    api.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(
+        api.count("could not check the schema for drift"),
+        1,
+        "{:#?}",
+        api.log_lines()
+    );
+    api.child.kill().await.expect("kill");
+    api.exited(Duration::from_secs(10)).await;
+
+    let out = gito_api(&url, &["migrate", "check"])
+        .output()
+        .await
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("gito-api: could not check: cannot create the scratch database"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CREATEDB"), "{stderr}");
+
+    for sql in [
+        format!("DROP DATABASE {name} WITH (FORCE)"),
+        format!("DROP ROLE {role}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .expect("clean up");
+    }
+}
