@@ -704,11 +704,19 @@ impl Blockers {
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut *conn)
             .await?;
-        let mut watcher = PgConnection::connect_with(&connect_options(
+        // Without a spare connection the migration still runs; a lock timeout then names no one.
+        let watcher = PgConnection::connect_with(&connect_options(
             database_url,
             "gito-api migrate (lock watch)",
         )?)
-        .await?;
+        .await;
+        let mut watcher = match watcher {
+            Ok(watcher) => watcher,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for lock blockers; a lock timeout will not name them");
+                return Ok(Blockers { seen, task: None });
+            }
+        };
         let every = (lock_timeout / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
         let stop = tokio_util::sync::CancellationToken::new();
         let sink = seen.clone();
