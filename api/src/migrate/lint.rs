@@ -179,13 +179,15 @@ pub fn lint_sql(file: &Path, sql: &str, code: Option<&[String]>) -> Vec<Finding>
     let parsed = sql::parse(sql);
     let mut raw: Vec<(Option<usize>, &'static str, String)> = Vec::new();
 
-    let header = match Header::parse(sql) {
+    let mut header = match Header::parse(sql) {
         Ok(header) => header,
         Err(reason) => {
             raw.push((None, "invalid-header", reason));
             Header::default()
         }
     };
+    // sqlx's own first-line marker, which the runner honours too.
+    header.no_transaction |= sql.starts_with("-- no-transaction");
     if let Some(n) = name.as_deref().and_then(|n| n.strip_suffix(".up.sql"))
         && !file.with_file_name(format!("{n}.down.sql")).exists()
     {
