@@ -3,6 +3,7 @@
 //! operators rely on what sqlx's runner does not do: refusing out-of-order and unknown versions,
 //! stamping, stepping down, and the "Running upgrade" log lines they grep for.
 
+mod blockers;
 mod catalog;
 pub mod check;
 pub mod lint;
