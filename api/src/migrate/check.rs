@@ -116,20 +116,21 @@ pub async fn check_once(
             return Ok(None);
         }
     }
-    // Named after the live database, so an operator (and a test) can tell whose it was.
-    let live_name: String = sqlx::query_scalar("SELECT current_database()::text")
-        .fetch_one(&mut live)
-        .await?;
+    // Named after the live database (so an operator, and a test, can tell whose it was) and the
+    // pid of the connection that lives as long as the check: a scratch database whose pid is gone
+    // belongs to a check that was killed, and is dropped by the next one.
+    let (live_name, pid): (String, i32) =
+        sqlx::query_as("SELECT current_database()::text, pg_backend_pid()")
+            .fetch_one(&mut live)
+            .await?;
+    drop_abandoned(&mut live).await;
     let live_name: String = live_name
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .take(42)
         .collect::<String>()
         .to_lowercase();
-    let scratch = format!(
-        "gito_check_{live_name}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let scratch = format!("gito_check_{live_name}_{pid}");
     let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {scratch}")))
         .execute(&mut live)
         .await;
@@ -177,6 +178,35 @@ pub async fn check_once(
             .map(|(_, sql)| sql)
             .collect(),
     }))
+}
+
+/// Drops the scratch databases of checks that were killed (their pid no longer runs). One this
+/// role may not drop is left alone.
+async fn drop_abandoned(live: &mut PgConnection) {
+    let abandoned: Vec<String> = sqlx::query_scalar(
+        r"SELECT datname::text FROM pg_database
+          WHERE datname LIKE 'gito\_check\_%'
+            AND substring(datname from '_([0-9]{1,9})$')::int NOT IN (SELECT pid FROM pg_stat_activity)",
+    )
+    .fetch_all(&mut *live)
+    .await
+    .unwrap_or_default();
+    for name in abandoned {
+        let dropped = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut *live)
+        .await;
+        match dropped {
+            Ok(_) => tracing::info!(
+                database = name,
+                "dropped the scratch database of a check that was killed"
+            ),
+            Err(e) => {
+                tracing::debug!(database = name, error = %e, "cannot drop an abandoned scratch database")
+            }
+        }
+    }
 }
 
 /// `url` with its database name replaced.

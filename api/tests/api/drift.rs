@@ -148,7 +148,11 @@ async fn boot_warns_about_drift_by_default_and_refuses_with_gito_migration_drift
         .await
         .expect("hand edit");
 
-    let mut api = ApiProcess::start(gito_api(&db.url, &["serve"]));
+    let mut api = ApiProcess::start({
+        let mut command = gito_api(&db.url, &["serve"]);
+        command.env_remove("GITO_MIGRATION_DRIFT"); // the default: warn
+        command
+    });
     api.wait_ready(Duration::from_secs(30)).await;
     // Checked in the background: readiness does not wait for the replay.
     let warned = |api: &ApiProcess| {
@@ -248,4 +252,26 @@ async fn without_createdb_boot_warns_that_it_could_not_check_and_starts_and_chec
             .await
             .expect("clean up");
     }
+}
+
+#[tokio::test]
+async fn a_check_drops_the_scratch_database_a_killed_check_left_behind() {
+    let db = TestDb::migrated().await;
+    // pid 999999999 never runs (PostgreSQL pids stay below 2^22): its check was killed.
+    let abandoned = format!("gito_check_{}_999999999", db.name);
+    let mut conn = db.connect().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {abandoned}")))
+        .execute(&mut conn)
+        .await
+        .expect("an abandoned scratch database");
+    let report = check(&db.url, Catalog::embedded(), &RunOptions::default())
+        .await
+        .expect("check runs");
+    assert!(report.in_sync());
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&abandoned)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "{abandoned} was dropped");
 }
