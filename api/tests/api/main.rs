@@ -12,6 +12,7 @@ mod hostile;
 mod isolation;
 mod liveness;
 mod migrations;
+mod observability;
 mod processor;
 mod supervision;
 mod tenants;

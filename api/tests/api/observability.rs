@@ -1,0 +1,470 @@
+//! `/metrics` and `/status`: scraped from the real `gito-api` binary while messages flow (its
+//! recorder is its own, so counts move by exactly what the test did) and parsed with a real
+//! Prometheus text parser; who may read them; bounded label cardinality; the broker's state.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gito_testkit::{Broker, TestApi, TestDb, publish_all, wait_for};
+use prom_text_format_parser::{Scrape, Type, ValueType};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{ADMIN_TOKEN, ApiProcess, gito_api, id_of};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The real binary with its processor on `broker`.
+async fn serve(db: &TestDb, broker: &Broker) -> (ApiProcess, SocketAddr) {
+    let mut command = gito_api(&db.url, &["serve"]);
+    command
+        .env("GITO_PROCESSOR", "on")
+        .env("GITO_LIVE", "on")
+        .env("GITO_MQTT_URL", broker.url())
+        .env(
+            "GITO_PROCESSOR_CLIENT_ID",
+            format!("metrics-test-{}", Uuid::new_v4().simple()),
+        )
+        .env("GITO_DB_MAX_CONNECTIONS", "4");
+    let mut api = ApiProcess::start(command);
+    let addr = api.wait_ready(DEADLINE).await;
+    (api, addr)
+}
+
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("body");
+    Scrape::parse(&text)
+        .unwrap_or_else(|e| panic!("not the Prometheus text format ({e:?}):\n{text}"))
+}
+
+/// Every sample as (its series' name with `_bucket`/`_sum`/`_count`, its labels, its value).
+fn samples(scrape: &Scrape) -> Vec<(String, Vec<(String, String)>, f64)> {
+    let mut all = Vec::new();
+    for metric in &scrape.metrics {
+        for sample in &metric.samples {
+            let suffix = match (metric.kind, sample.value.value_type) {
+                (Type::Histogram, ValueType::Sample) => "_bucket",
+                (Type::Histogram | Type::Summary, ValueType::Sum) => "_sum",
+                (Type::Histogram | Type::Summary, ValueType::Count) => "_count",
+                _ => "",
+            };
+            let labels = sample
+                .labels
+                .iter()
+                .map(|l| (l.key.clone(), l.value.clone()))
+                .collect();
+            all.push((
+                format!("{}{suffix}", metric.name),
+                labels,
+                sample.value.value.as_f64(),
+            ));
+        }
+    }
+    all
+}
+
+/// The sum of the samples of `name` (e.g. a histogram's `..._count`) whose labels include
+/// `labels`.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(scrape)
+        .into_iter()
+        .filter(|(n, have, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+        })
+        .map(|(_, _, v)| v)
+        .sum::<f64>()
+        + 0.0
+}
+
+/// Every series (name and labels) of the scrape.
+fn series(scrape: &Scrape) -> BTreeSet<String> {
+    samples(scrape)
+        .into_iter()
+        .map(|(name, mut labels, _)| {
+            labels.sort();
+            format!("{name}{labels:?}")
+        })
+        .collect()
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
+    let response = gito_testkit::admin_client()
+        .post(format!("http://{addr}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.expect("json")
+}
+
+fn envelope(i: usize) -> Vec<u8> {
+    let ts = time::OffsetDateTime::now_utc() - time::Duration::milliseconds(i as i64);
+    let ts = ts
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    json!({ "ts": ts, "source_topic": "SDE11/D/x", "metrics": { "v": i } })
+        .to_string()
+        .into_bytes()
+}
+
+fn telemetry(tenant: Uuid, device: Uuid) -> String {
+    format!("{tenant}/devices/{device}/telemetry")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exactly_that() {
+    let db = TestDb::migrated().await;
+    let broker = Broker::start().await;
+    let (_api, addr) = serve(&db, &broker).await;
+    let tenant = id_of(&post(addr, "/tenants", json!({ "name": "t" })).await);
+    let device = id_of(
+        &post(
+            addr,
+            &format!("/tenants/{tenant}/devices"),
+            json!({ "name": "d" }),
+        )
+        .await,
+    );
+    // One message the processor handles first, so that its series exist before the baseline.
+    publish_all(
+        &broker.url(),
+        vec![(telemetry(tenant, device), envelope(0))],
+    )
+    .await;
+    wait_for(DEADLINE, "the first message stored", || async move {
+        value(&scrape(addr).await, "gito_processor_rows_stored_total", &[]) == 1.0
+    })
+    .await;
+    let before = scrape(addr).await;
+    let stored = [("outcome", "stored")];
+
+    let messages = (1..=100)
+        .map(|i| (telemetry(tenant, device), envelope(i)))
+        .collect();
+    publish_all(&broker.url(), messages).await;
+    // Two invalid ones: one not JSON, one of a device that does not exist.
+    publish_all(
+        &broker.url(),
+        vec![
+            (telemetry(tenant, device), b"not json".to_vec()),
+            (telemetry(tenant, Uuid::now_v7()), envelope(0)),
+        ],
+    )
+    .await;
+    wait_for(DEADLINE, "100 stored and 2 dropped", || async move {
+        let now = scrape(addr).await;
+        value(
+            &now,
+            "gito_processor_messages_total",
+            &[("outcome", "stored")],
+        ) >= 101.0
+            && value(
+                &now,
+                "gito_processor_messages_total",
+                &[("outcome", "dropped_unknown_device")],
+            ) >= 1.0
+            && value(
+                &now,
+                "gito_processor_messages_total",
+                &[("outcome", "dropped_invalid_envelope")],
+            ) >= 1.0
+    })
+    .await;
+    let after = scrape(addr).await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        value(&after, name, labels) - value(&before, name, labels)
+    };
+    assert_eq!(moved("gito_processor_messages_total", &stored), 100.0);
+    assert_eq!(moved("gito_processor_rows_stored_total", &[]), 100.0);
+    assert_eq!(moved("gito_processor_lag_seconds_count", &[]), 100.0);
+    assert_eq!(
+        moved(
+            "gito_processor_messages_total",
+            &[("outcome", "dropped_unknown_device")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            "gito_processor_messages_total",
+            &[("outcome", "dropped_invalid_envelope")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            "gito_processor_dead_letters_total",
+            &[("reason", "unknown_device")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved("gito_processor_messages_total", &[("outcome", "duplicate")]),
+        0.0
+    );
+    assert!(moved("gito_processor_commit_duration_seconds_count", &[]) >= 1.0);
+    assert!(moved("gito_processor_batch_size_count", &[]) >= 1.0);
+    assert_eq!(value(&after, "gito_processor_broker_connected", &[]), 1.0);
+    assert_eq!(
+        value(&after, "gito_component_up", &[("component", "processor")]),
+        1.0
+    );
+
+    // HTTP: by route template, never by the path with its ids.
+    let devices = format!("/tenants/{tenant}/devices");
+    for _ in 0..3 {
+        let status = gito_testkit::admin_client()
+            .get(format!("http://{addr}{devices}/{}", Uuid::now_v7()))
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let http = scrape(addr).await;
+    let route = [
+        ("route", "/tenants/{tenant_id}/devices/{id}"),
+        ("method", "GET"),
+        ("status", "404"),
+    ];
+    assert_eq!(value(&http, "gito_http_requests_total", &route), 3.0);
+    assert_eq!(
+        value(
+            &http,
+            "gito_http_requests_total",
+            &[
+                ("route", "/tenants/{tenant_id}/devices"),
+                ("method", "POST"),
+                ("status", "201")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &http,
+            "gito_http_request_duration_seconds_count",
+            &route[..2]
+        ),
+        3.0
+    );
+    let tenant = tenant.to_string();
+    assert!(
+        samples(&http)
+            .iter()
+            .all(|(_, labels, _)| labels.iter().all(|(_, v)| !v.contains(&tenant))),
+        "no label carries an id"
+    );
+    let described = http
+        .metrics
+        .iter()
+        .find(|m| m.name == "gito_http_requests_total")
+        .expect("the series");
+    assert!(described.help_desc.is_some(), "HELP lines present");
+    assert_eq!(described.kind, Type::Counter);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_number_of_series_does_not_grow_with_ten_thousand_distinct_devices() {
+    let db = TestDb::migrated().await;
+    let broker = Broker::start_with("max_inflight_messages 1000\n").await;
+    let (_api, addr) = serve(&db, &broker).await;
+    let tenant = id_of(&post(addr, "/tenants", json!({ "name": "t" })).await);
+    let device = id_of(
+        &post(
+            addr,
+            &format!("/tenants/{tenant}/devices"),
+            json!({ "name": "d" }),
+        )
+        .await,
+    );
+    let round = |n: usize| -> Vec<(String, Vec<u8>)> {
+        let mut messages: Vec<_> = (0..n)
+            .map(|i| (telemetry(tenant, Uuid::now_v7()), envelope(i)))
+            .collect();
+        messages.push((telemetry(tenant, device), envelope(n)));
+        messages
+    };
+    let client = gito_testkit::admin_client();
+    let lookups = |n: usize| {
+        let client = client.clone();
+        async move {
+            for _ in 0..n {
+                client
+                    .get(format!(
+                        "http://{addr}/tenants/{tenant}/devices/{}",
+                        Uuid::now_v7()
+                    ))
+                    .send()
+                    .await
+                    .expect("request");
+            }
+        }
+    };
+    publish_all(&broker.url(), round(10)).await;
+    lookups(10).await;
+    wait_for(DEADLINE, "the first round processed", || async move {
+        value(
+            &scrape(addr).await,
+            "gito_processor_messages_total",
+            &[("outcome", "dropped_unknown_device")],
+        ) == 10.0
+    })
+    .await;
+    let first = series(&scrape(addr).await);
+
+    publish_all(&broker.url(), round(10_000)).await;
+    lookups(200).await;
+    wait_for(
+        Duration::from_secs(120),
+        "10,000 more devices processed",
+        || async move {
+            value(
+                &scrape(addr).await,
+                "gito_processor_messages_total",
+                &[("outcome", "dropped_unknown_device")],
+            ) == 10_010.0
+        },
+    )
+    .await;
+    let second = series(&scrape(addr).await);
+    assert_eq!(
+        second.difference(&first).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "no series appeared for the new devices"
+    );
+    assert_eq!(first.len(), second.len());
+}
+
+#[tokio::test]
+async fn metrics_and_status_answer_the_admin_only() {
+    let db = TestDb::migrated().await;
+    let api = TestApi::start(&db.url, "127.0.0.1:0".parse().expect("address")).await;
+    let tenant = api.tenant("t").await;
+    let token = api.token_for(tenant).await;
+    for path in ["/metrics", "/status"] {
+        let anonymous = api
+            .anonymous
+            .get(api.url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let body: Value = anonymous.json().await.expect("the error shape");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let (status, body) = api.get_as(&token, path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(body["error"]["code"], "forbidden");
+        let (status, _) = api.get_as("not-a-token", path).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let response = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let (status, body) = api.get("/status").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = body["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    // Processor and live are off in this API: not listed.
+    assert_eq!(names, ["database", "token_listener"]);
+    let database = &body["components"][0];
+    assert_eq!(database["state"], "up");
+    assert!(database["since"].as_str().is_some());
+    assert_eq!(body["processor"]["last_commit_at"], Value::Null);
+}
+
+fn component<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_the_broker_down_within_five_seconds_of_its_stop_and_up_when_it_is_back() {
+    let db = TestDb::migrated().await;
+    let mut broker = Broker::start().await;
+    let api = TestApi::start_processing(&db.url, &broker.url()).await;
+    let state = |name: &'static str| {
+        let api = &api;
+        async move {
+            let (status, body) = api.get("/status").await;
+            assert_eq!(status, StatusCode::OK);
+            component(&body, name)["state"]
+                .as_str()
+                .expect("state")
+                .to_owned()
+        }
+    };
+    wait_for(DEADLINE, "broker, processor and live up", || async {
+        state("broker").await == "up"
+            && state("processor").await == "up"
+            && state("live").await == "up"
+    })
+    .await;
+    let (_, body) = api.get("/status").await;
+    let names: Vec<&str> = body["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["broker", "database", "live", "processor", "token_listener"]
+    );
+
+    broker.stop().await;
+    wait_for(Duration::from_secs(5), "broker reported down", || async {
+        state("broker").await == "down"
+    })
+    .await;
+    let (_, body) = api.get("/status").await;
+    let broker_state = component(&body, "broker");
+    assert!(
+        broker_state["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    assert_eq!(component(&body, "database")["state"], "up");
+
+    broker.restart().await;
+    wait_for(DEADLINE, "broker reported up again", || async {
+        state("broker").await == "up"
+    })
+    .await;
+}
