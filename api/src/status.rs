@@ -60,11 +60,11 @@ struct Inner {
 pub struct Health(Arc<Mutex<Inner>>);
 
 impl Health {
-    /// Tracks `names`, each `down` ("starting") until it reports otherwise.
+    /// Tracks `names`, each `down` (without an error) until it reports otherwise.
     pub fn new(names: &[&'static str]) -> Health {
         let health = Health::default();
         for name in names {
-            health.set(name, State::Down, Some("starting".to_owned()));
+            health.set(name, State::Down, None);
         }
         health
     }
@@ -136,7 +136,7 @@ mod tests {
         health.up(BROKER);
         let first = health.components()[0].clone();
         assert_eq!(first.state, State::Up);
-        assert_eq!(first.last_error.as_deref(), Some("starting"));
+        assert_eq!(first.last_error, None);
         health.up(BROKER);
         assert_eq!(health.components()[0].since, first.since);
         health.down(BROKER, "connection refused");
