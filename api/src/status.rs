@@ -39,7 +39,7 @@ pub struct Component {
     pub last_error: Option<String>,
 }
 
-/// The processor's progress: the last commit and the end-to-end lag of its newest message.
+/// The processor's progress: its last commit, and the end-to-end lag of that batch's oldest message.
 #[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
 pub struct Progress {
     /// When the last batch was committed; `null` before the first.

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use gito_testkit::{Broker, TestApi, TestDb, publish_all, wait_for};
 use prom_text_format_parser::{Scrape, Type, ValueType};
 use reqwest::StatusCode;
@@ -152,6 +153,15 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
         value(&scrape(addr).await, "gito_processor_rows_stored_total", &[]) == 1.0
     })
     .await;
+    // A WebSocket client of the tenant, counted once the server has it.
+    let ws_url = format!("ws://{addr}/tenants/{tenant}/ws?token={ADMIN_TOKEN}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("WebSocket");
+    wait_for(DEADLINE, "the WebSocket client counted", || async move {
+        value(&scrape(addr).await, "gito_live_clients", &[]) == 1.0
+    })
+    .await;
     let before = scrape(addr).await;
     let stored = [("outcome", "stored")];
 
@@ -188,6 +198,7 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
     })
     .await;
     let after = scrape(addr).await;
+    let before_events = &before;
     let moved = |name: &str, labels: &[(&str, &str)]| {
         value(&after, name, labels) - value(&before, name, labels)
     };
@@ -220,6 +231,36 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
         0.0
     );
     assert!(moved("gito_processor_commit_duration_seconds_count", &[]) >= 1.0);
+    // Each valid message's device looked up once: 100 of the device, 1 unknown.
+    let device_cache = [("cache", "device")];
+    assert_eq!(
+        moved("gito_cache_hits_total", &device_cache)
+            + moved("gito_cache_misses_total", &device_cache),
+        101.0
+    );
+    // The live fan-out: the 100 telemetry events reach the client.
+    let mut received = 0;
+    while received < 100 {
+        let message = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("a message");
+        if message.is_text() {
+            received += 1;
+        }
+    }
+    wait_for(DEADLINE, "100 events counted as sent", || async move {
+        value(&scrape(addr).await, "gito_live_events_sent_total", &[])
+            - value(&before_events, "gito_live_events_sent_total", &[])
+            >= 100.0
+    })
+    .await;
+    ws.close(None).await.ok();
+    wait_for(DEADLINE, "the WebSocket client gone", || async move {
+        value(&scrape(addr).await, "gito_live_clients", &[]) == 0.0
+    })
+    .await;
     assert!(moved("gito_processor_batch_size_count", &[]) >= 1.0);
     assert_eq!(value(&after, "gito_processor_broker_connected", &[]), 1.0);
     assert_eq!(
