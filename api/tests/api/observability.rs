@@ -2,13 +2,11 @@
 //! recorder is its own, so counts move by exactly what the test did) and parsed with a real
 //! Prometheus text parser; who may read them; bounded label cardinality; the broker's state.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use gito_testkit::{Broker, TestApi, TestDb, publish_all, wait_for};
-use prom_text_format_parser::{Scrape, Type, ValueType};
+use gito_testkit::{Broker, Scrape, TestApi, TestDb, publish_all, wait_for};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -35,69 +33,9 @@ async fn serve(db: &TestDb, broker: &Broker) -> (ApiProcess, SocketAddr) {
 }
 
 async fn scrape(addr: SocketAddr) -> Scrape {
-    let response = reqwest::Client::new()
-        .get(format!("http://{addr}/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+    Scrape::get(&format!("http://{addr}/metrics"), Some(ADMIN_TOKEN))
         .await
-        .expect("scrape");
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = response.text().await.expect("body");
-    Scrape::parse(&text)
-        .unwrap_or_else(|e| panic!("not the Prometheus text format ({e:?}):\n{text}"))
-}
-
-/// Every sample as (its series' name with `_bucket`/`_sum`/`_count`, its labels, its value).
-fn samples(scrape: &Scrape) -> Vec<(String, Vec<(String, String)>, f64)> {
-    let mut all = Vec::new();
-    for metric in &scrape.metrics {
-        for sample in &metric.samples {
-            let suffix = match (metric.kind, sample.value.value_type) {
-                (Type::Histogram, ValueType::Sample) => "_bucket",
-                (Type::Histogram | Type::Summary, ValueType::Sum) => "_sum",
-                (Type::Histogram | Type::Summary, ValueType::Count) => "_count",
-                _ => "",
-            };
-            let labels = sample
-                .labels
-                .iter()
-                .map(|l| (l.key.clone(), l.value.clone()))
-                .collect();
-            all.push((
-                format!("{}{suffix}", metric.name),
-                labels,
-                sample.value.value.as_f64(),
-            ));
-        }
-    }
-    all
-}
-
-/// The sum of the samples of `name` (e.g. a histogram's `..._count`) whose labels include
-/// `labels`.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(scrape)
-        .into_iter()
-        .filter(|(n, have, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
-        })
-        .map(|(_, _, v)| v)
-        .sum::<f64>()
-        + 0.0
-}
-
-/// Every series (name and labels) of the scrape.
-fn series(scrape: &Scrape) -> BTreeSet<String> {
-    samples(scrape)
-        .into_iter()
-        .map(|(name, mut labels, _)| {
-            labels.sort();
-            format!("{name}{labels:?}")
-        })
-        .collect()
+        .expect("gito-api answers")
 }
 
 async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
@@ -150,7 +88,10 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
     )
     .await;
     wait_for(DEADLINE, "the first message stored", || async move {
-        value(&scrape(addr).await, "gito_processor_rows_stored_total", &[]) == 1.0
+        scrape(addr)
+            .await
+            .value("gito_processor_rows_stored_total", &[])
+            == 1.0
     })
     .await;
     // A WebSocket client of the tenant, counted once the server has it.
@@ -159,7 +100,7 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
         .await
         .expect("WebSocket");
     wait_for(DEADLINE, "the WebSocket client counted", || async move {
-        value(&scrape(addr).await, "gito_live_clients", &[]) == 1.0
+        scrape(addr).await.value("gito_live_clients", &[]) == 1.0
     })
     .await;
     let before = scrape(addr).await;
@@ -180,18 +121,12 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
     .await;
     wait_for(DEADLINE, "100 stored and 2 dropped", || async move {
         let now = scrape(addr).await;
-        value(
-            &now,
-            "gito_processor_messages_total",
-            &[("outcome", "stored")],
-        ) >= 101.0
-            && value(
-                &now,
+        now.value("gito_processor_messages_total", &[("outcome", "stored")]) >= 101.0
+            && now.value(
                 "gito_processor_messages_total",
                 &[("outcome", "dropped_unknown_device")],
             ) >= 1.0
-            && value(
-                &now,
+            && now.value(
                 "gito_processor_messages_total",
                 &[("outcome", "dropped_invalid_envelope")],
             ) >= 1.0
@@ -200,7 +135,7 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
     let after = scrape(addr).await;
     let before_events = &before;
     let moved = |name: &str, labels: &[(&str, &str)]| {
-        value(&after, name, labels) - value(&before, name, labels)
+        after.value(name, labels) - before.value(name, labels)
     };
     assert_eq!(moved("gito_processor_messages_total", &stored), 100.0);
     assert_eq!(moved("gito_processor_rows_stored_total", &[]), 100.0);
@@ -251,20 +186,20 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
         }
     }
     wait_for(DEADLINE, "100 events counted as sent", || async move {
-        value(&scrape(addr).await, "gito_live_events_sent_total", &[])
-            - value(&before_events, "gito_live_events_sent_total", &[])
+        scrape(addr).await.value("gito_live_events_sent_total", &[])
+            - before_events.value("gito_live_events_sent_total", &[])
             >= 100.0
     })
     .await;
     ws.close(None).await.ok();
     wait_for(DEADLINE, "the WebSocket client gone", || async move {
-        value(&scrape(addr).await, "gito_live_clients", &[]) == 0.0
+        scrape(addr).await.value("gito_live_clients", &[]) == 0.0
     })
     .await;
     assert!(moved("gito_processor_batch_size_count", &[]) >= 1.0);
-    assert_eq!(value(&after, "gito_processor_broker_connected", &[]), 1.0);
+    assert_eq!(after.value("gito_processor_broker_connected", &[]), 1.0);
     assert_eq!(
-        value(&after, "gito_component_up", &[("component", "processor")]),
+        after.value("gito_component_up", &[("component", "processor")]),
         1.0
     );
 
@@ -285,10 +220,9 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
         ("method", "GET"),
         ("status", "404"),
     ];
-    assert_eq!(value(&http, "gito_http_requests_total", &route), 3.0);
+    assert_eq!(http.value("gito_http_requests_total", &route), 3.0);
     assert_eq!(
-        value(
-            &http,
+        http.value(
             "gito_http_requests_total",
             &[
                 ("route", "/tenants/{tenant_id}/devices"),
@@ -299,27 +233,25 @@ async fn a_hundred_published_messages_move_the_processor_and_http_series_by_exac
         1.0
     );
     assert_eq!(
-        value(
-            &http,
-            "gito_http_request_duration_seconds_count",
-            &route[..2]
-        ),
+        http.value("gito_http_request_duration_seconds_count", &route[..2]),
         3.0
     );
     let tenant = tenant.to_string();
     assert!(
-        samples(&http)
+        http.samples
             .iter()
-            .all(|(_, labels, _)| labels.iter().all(|(_, v)| !v.contains(&tenant))),
+            .all(|s| s.labels.iter().all(|(_, v)| !v.contains(&tenant))),
         "no label carries an id"
     );
-    let described = http
-        .metrics
-        .iter()
-        .find(|m| m.name == "gito_http_requests_total")
-        .expect("the series");
-    assert!(described.help_desc.is_some(), "HELP lines present");
-    assert_eq!(described.kind, Type::Counter);
+    assert!(
+        http.families.contains(&(
+            "gito_http_requests_total".to_owned(),
+            "counter".to_owned(),
+            true
+        )),
+        "typed and described: {:?}",
+        http.families
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,14 +294,13 @@ async fn the_number_of_series_does_not_grow_with_ten_thousand_distinct_devices()
     publish_all(&broker.url(), round(10)).await;
     lookups(10).await;
     wait_for(DEADLINE, "the first round processed", || async move {
-        value(
-            &scrape(addr).await,
+        scrape(addr).await.value(
             "gito_processor_messages_total",
             &[("outcome", "dropped_unknown_device")],
         ) == 10.0
     })
     .await;
-    let first = series(&scrape(addr).await);
+    let first = scrape(addr).await.series();
 
     publish_all(&broker.url(), round(10_000)).await;
     lookups(200).await;
@@ -377,15 +308,14 @@ async fn the_number_of_series_does_not_grow_with_ten_thousand_distinct_devices()
         Duration::from_secs(120),
         "10,000 more devices processed",
         || async move {
-            value(
-                &scrape(addr).await,
+            scrape(addr).await.value(
                 "gito_processor_messages_total",
                 &[("outcome", "dropped_unknown_device")],
             ) == 10_010.0
         },
     )
     .await;
-    let second = series(&scrape(addr).await);
+    let second = scrape(addr).await.series();
     assert_eq!(
         second.difference(&first).collect::<Vec<_>>(),
         Vec::<&String>::new(),

@@ -3,11 +3,10 @@
 //! Prometheus text parser: the outcomes, the spool gauges, and series that do not multiply with
 //! devices.
 
-use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use prom_text_format_parser::{Scrape, Type, ValueType};
+use gito_testkit::Scrape;
 use tokio::process::Command;
 
 use crate::helpers::{Collector, Device, Stack, bridge_binary, reading, wait};
@@ -15,64 +14,7 @@ use crate::helpers::{Collector, Device, Stack, bridge_binary, reading, wait};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 async fn scrape(port: u16) -> Option<Scrape> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(
-        Scrape::parse(&text)
-            .unwrap_or_else(|e| panic!("not the Prometheus text format ({e:?}):\n{text}")),
-    )
-}
-
-/// Every sample: (name with its histogram suffix, sorted labels, value).
-fn samples(scrape: &Scrape) -> Vec<(String, Vec<(String, String)>, f64)> {
-    let mut all = Vec::new();
-    for metric in &scrape.metrics {
-        for sample in &metric.samples {
-            let suffix = match (metric.kind, sample.value.value_type) {
-                (Type::Histogram, ValueType::Sample) => "_bucket",
-                (Type::Histogram | Type::Summary, ValueType::Sum) => "_sum",
-                (Type::Histogram | Type::Summary, ValueType::Count) => "_count",
-                _ => "",
-            };
-            let mut labels: Vec<_> = sample
-                .labels
-                .iter()
-                .map(|l| (l.key.clone(), l.value.clone()))
-                .collect();
-            labels.sort();
-            all.push((
-                format!("{}{suffix}", metric.name),
-                labels,
-                sample.value.value.as_f64(),
-            ));
-        }
-    }
-    all
-}
-
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples(scrape)
-        .into_iter()
-        .filter(|(n, have, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
-        })
-        .map(|(_, _, v)| v)
-        .sum::<f64>()
-        + 0.0
-}
-
-fn series(scrape: &Scrape) -> BTreeSet<String> {
-    samples(scrape)
-        .into_iter()
-        .map(|(n, l, _)| format!("{n}{l:?}"))
-        .collect()
+    Scrape::get(&format!("http://127.0.0.1:{port}/metrics"), None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,27 +34,19 @@ async fn a_hundred_messages_move_the_bridge_series_by_exactly_that_and_the_spool
     wait(DEADLINE, "bridge subscribed", || async {
         scrape(port)
             .await
-            .is_some_and(|s| value(&s, "gito_bridge_external_connected", &[]) == 1.0)
+            .is_some_and(|s| s.value("gito_bridge_external_connected", &[]) == 1.0)
     })
     .await;
     let before = scrape(port).await.expect("scrape");
     assert_eq!(
-        value(
-            &before,
-            "gito_bridge_messages_total",
-            &[("outcome", "republished")]
-        ),
+        before.value("gito_bridge_messages_total", &[("outcome", "republished")]),
         0.0
     );
     assert_eq!(
-        value(
-            &before,
-            "gito_bridge_dropped_total",
-            &[("reason", "invalid_utf8")]
-        ),
+        before.value("gito_bridge_dropped_total", &[("reason", "invalid_utf8")]),
         0.0
     );
-    assert_eq!(value(&before, "gito_bridge_spool_bytes", &[]), 0.0);
+    assert_eq!(before.value("gito_bridge_spool_bytes", &[]), 0.0);
 
     let mut device = Device::connect(&stack.external.url()).await;
     for seq in 0..100 {
@@ -124,13 +58,8 @@ async fn a_hundred_messages_move_the_bridge_series_by_exactly_that_and_the_spool
     device.finish().await;
     wait(DEADLINE, "100 republished, 1 dropped", || async {
         scrape(port).await.is_some_and(|s| {
-            value(
-                &s,
-                "gito_bridge_messages_total",
-                &[("outcome", "republished")],
-            ) >= 100.0
-                && value(
-                    &s,
+            s.value("gito_bridge_messages_total", &[("outcome", "republished")]) >= 100.0
+                && s.value(
                     "gito_bridge_messages_total",
                     &[("outcome", "dropped_invalid_utf8")],
                 ) >= 1.0
@@ -139,45 +68,29 @@ async fn a_hundred_messages_move_the_bridge_series_by_exactly_that_and_the_spool
     .await;
     let after = scrape(port).await.expect("scrape");
     assert_eq!(collector.count(), 100);
-    assert_eq!(value(&after, "gito_bridge_received_total", &[]), 101.0);
-    assert_eq!(value(&after, "gito_bridge_republished_total", &[]), 100.0);
+    assert_eq!(after.value("gito_bridge_received_total", &[]), 101.0);
+    assert_eq!(after.value("gito_bridge_republished_total", &[]), 100.0);
     assert_eq!(
-        value(
-            &after,
-            "gito_bridge_messages_total",
-            &[("outcome", "republished")]
-        ),
+        after.value("gito_bridge_messages_total", &[("outcome", "republished")]),
         100.0
     );
     assert_eq!(
-        value(
-            &after,
+        after.value(
             "gito_bridge_messages_total",
             &[("outcome", "dropped_invalid_utf8")]
         ),
         1.0
     );
     assert_eq!(
-        value(
-            &after,
-            "gito_bridge_dropped_total",
-            &[("reason", "invalid_utf8")]
-        ),
+        after.value("gito_bridge_dropped_total", &[("reason", "invalid_utf8")]),
         1.0
     );
+    assert_eq!(after.value("gito_bridge_devices_created_total", &[]), 10.0);
     assert_eq!(
-        value(&after, "gito_bridge_devices_created_total", &[]),
+        after.value("gito_bridge_api_request_duration_seconds_count", &[]),
         10.0
     );
-    assert_eq!(
-        value(
-            &after,
-            "gito_bridge_api_request_duration_seconds_count",
-            &[]
-        ),
-        10.0
-    );
-    assert_eq!(value(&after, "gito_bridge_local_connected", &[]), 1.0);
+    assert_eq!(after.value("gito_bridge_local_connected", &[]), 1.0);
 
     // Ten more devices: no new series.
     let mut device = Device::connect(&stack.external.url()).await;
@@ -190,10 +103,10 @@ async fn a_hundred_messages_move_the_bridge_series_by_exactly_that_and_the_spool
     wait(DEADLINE, "ten more republished", || async {
         scrape(port)
             .await
-            .is_some_and(|s| value(&s, "gito_bridge_republished_total", &[]) >= 110.0)
+            .is_some_and(|s| s.value("gito_bridge_republished_total", &[]) >= 110.0)
     })
     .await;
-    assert_eq!(series(&scrape(port).await.expect("scrape")), series(&after));
+    assert_eq!(scrape(port).await.expect("scrape").series(), after.series());
 
     // The API down: messages of new devices wait in the spool, and its gauges say so.
     stack.stop_api().await;
@@ -207,18 +120,18 @@ async fn a_hundred_messages_move_the_bridge_series_by_exactly_that_and_the_spool
     wait(DEADLINE, "five messages spooled", || async {
         scrape(port)
             .await
-            .is_some_and(|s| value(&s, "gito_bridge_spool_records", &[]) == 5.0)
+            .is_some_and(|s| s.value("gito_bridge_spool_records", &[]) == 5.0)
     })
     .await;
     let spooled = scrape(port).await.expect("scrape");
-    assert!(value(&spooled, "gito_bridge_spool_bytes", &[]) > 0.0);
-    assert!(value(&spooled, "gito_bridge_spool_oldest_age_seconds", &[]) > 0.0);
-    assert_eq!(value(&spooled, "gito_bridge_spooled_total", &[]), 5.0);
+    assert!(spooled.value("gito_bridge_spool_bytes", &[]) > 0.0);
+    assert!(spooled.value("gito_bridge_spool_oldest_age_seconds", &[]) > 0.0);
+    assert_eq!(spooled.value("gito_bridge_spooled_total", &[]), 5.0);
     stack.start_api().await;
     wait(DEADLINE, "the spool drained", || async {
         scrape(port).await.is_some_and(|s| {
-            value(&s, "gito_bridge_spool_records", &[]) == 0.0
-                && value(&s, "gito_bridge_republished_total", &[]) == 115.0
+            s.value("gito_bridge_spool_records", &[]) == 0.0
+                && s.value("gito_bridge_republished_total", &[]) == 115.0
         })
     })
     .await;
@@ -227,8 +140,8 @@ async fn a_hundred_messages_move_the_bridge_series_by_exactly_that_and_the_spool
     stack.local.restart().await;
     wait(DEADLINE, "reconnected to the local broker", || async {
         scrape(port).await.is_some_and(|s| {
-            value(&s, "gito_bridge_reconnects_total", &[("broker", "local")]) == 1.0
-                && value(&s, "gito_bridge_local_connected", &[]) == 1.0
+            s.value("gito_bridge_reconnects_total", &[("broker", "local")]) == 1.0
+                && s.value("gito_bridge_local_connected", &[]) == 1.0
         })
     })
     .await;
