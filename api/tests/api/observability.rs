@@ -417,6 +417,29 @@ async fn status_reports_the_broker_down_within_five_seconds_of_its_stop_and_up_w
         names,
         ["broker", "database", "live", "processor", "token_listener"]
     );
+    assert_eq!(body["processor"]["last_commit_at"], Value::Null);
+
+    // A stored message: the last commit and its lag.
+    let tenant = api.tenant("t").await;
+    let (_, device) = api
+        .post(
+            &format!("/tenants/{tenant}/devices"),
+            json!({ "name": "d" }),
+        )
+        .await;
+    publish_all(
+        &broker.url(),
+        vec![(telemetry(tenant, id_of(&device)), envelope(0))],
+    )
+    .await;
+    wait_for(DEADLINE, "a commit reported", || async {
+        let (_, body) = api.get("/status").await;
+        body["processor"]["last_commit_at"].is_string()
+    })
+    .await;
+    let (_, body) = api.get("/status").await;
+    let lag = body["processor"]["lag_seconds"].as_f64().expect("a lag");
+    assert!((0.0..60.0).contains(&lag), "{body}");
 
     broker.stop().await;
     wait_for(Duration::from_secs(5), "broker reported down", || async {
@@ -433,9 +456,13 @@ async fn status_reports_the_broker_down_within_five_seconds_of_its_stop_and_up_w
     );
     assert_eq!(component(&body, "database")["state"], "up");
 
+    wait_for(DEADLINE, "live reported down", || async {
+        state("live").await == "down"
+    })
+    .await;
     broker.restart().await;
-    wait_for(DEADLINE, "broker reported up again", || async {
-        state("broker").await == "up"
+    wait_for(DEADLINE, "broker and live reported up again", || async {
+        state("broker").await == "up" && state("live").await == "up"
     })
     .await;
 }
