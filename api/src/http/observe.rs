@@ -92,15 +92,30 @@ pub async fn track(request: Request, next: Next) -> Response {
         | Method::OPTIONS => request.method().as_str().to_owned(),
         _ => "other".to_owned(),
     };
-    let in_flight = metrics::gauge!("gito_http_requests_in_flight");
-    in_flight.increment(1.0);
+    let _in_flight = InFlight::start();
     let started = Instant::now();
     let response = next.run(request).await;
-    in_flight.decrement(1.0);
     let status = response.status().as_u16().to_string();
     metrics::histogram!("gito_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!("gito_http_requests_total", "route" => route, "method" => method, "status" => status)
         .increment(1);
     response
+}
+
+/// One request in `gito_http_requests_in_flight`, until it is answered or its client is gone
+/// (then the request's future is dropped, not finished).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        metrics::gauge!("gito_http_requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("gito_http_requests_in_flight").decrement(1.0);
+    }
 }

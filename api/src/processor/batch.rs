@@ -295,7 +295,10 @@ impl Batcher {
         let mut retry = Retry::new(self);
         loop {
             match keep_in_one_statement(&self.pool, dead).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.health.up(PROCESSOR);
+                    break;
+                }
                 Err(e) => {
                     if !retry.wait("keeping dead letters", &e).await {
                         return None;
