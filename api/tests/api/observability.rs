@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{ADMIN_TOKEN, ApiProcess, gito_api, id_of};
+use crate::helpers::{ADMIN_TOKEN, ApiProcess, TestApp, gito_api, id_of};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -464,5 +464,41 @@ async fn status_reports_the_broker_down_within_five_seconds_of_its_stop_and_up_w
     wait_for(DEADLINE, "broker and live reported up again", || async {
         state("broker").await == "up" && state("live").await == "up"
     })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_tells_of_a_lost_token_listener_with_its_error_once_it_is_back() {
+    let app = TestApp::spawn().await;
+    let listener = || async {
+        let (_, body) = app.get("/status").await;
+        component(&body, "token_listener").clone()
+    };
+    wait_for(DEADLINE, "the token listener up", || async {
+        listener().await["state"] == "up"
+    })
+    .await;
+    let first = listener().await;
+    assert_eq!(first["last_error"], Value::Null);
+    let pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'gito-api token-listener'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("the listener's connection");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&app.pool)
+        .await
+        .expect("terminate");
+    wait_for(
+        DEADLINE,
+        "the loss reported and the listener back",
+        || async {
+            let now = listener().await;
+            now["state"] == "up" && now["last_error"].is_string() && now["since"] != first["since"]
+        },
+    )
     .await;
 }
