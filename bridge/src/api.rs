@@ -162,7 +162,10 @@ impl DeviceResolver {
             Metrics::add(&metrics.device_budget_waits, 1);
             return Err(ResolveError::OverBudget);
         }
+        let started = std::time::Instant::now();
         let result = self.create(mapped).await;
+        metrics::histogram!("gito_bridge_api_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         if !matches!(result, Ok((_, true)))
             && let Some(budget) = &self.budget
         {

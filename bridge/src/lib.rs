@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use gito_runtime::{Supervisor, mqtt};
 use gito_wire::{DeviceEvent, DeviceEventsTopic};
@@ -142,6 +143,7 @@ pub async fn run_with_metrics(
         metrics: metrics.clone(),
     });
 
+    let spool = ctx.spool.clone();
     let mut tasks = Supervisor::new();
     tasks.spawn("forwarder", |stop| {
         let forward = forwarder::forward(ctx.clone(), external.messages, receipts, DRAIN_DEADLINE);
@@ -187,9 +189,18 @@ pub async fn run_with_metrics(
     let counters = metrics.clone();
     tasks.spawn("stats", move |stop| log_stats(counters, every, stop));
     if let Some(listener) = metrics_listener {
-        let metrics = metrics.clone();
-        let app =
-            axum::Router::new().route("/metrics", get(move || async move { metrics.render() }));
+        let app = axum::Router::new().route(
+            "/metrics",
+            get(move || async move {
+                let spool = spool.clone();
+                // The age of the oldest spooled message is read from disk, off the runtime.
+                let _ = tokio::task::spawn_blocking(move || spool.observe()).await;
+                (
+                    [(CONTENT_TYPE, gito_runtime::metrics::CONTENT_TYPE)],
+                    gito_runtime::metrics::handle().render(),
+                )
+            }),
+        );
         tasks.spawn("metrics", |stop| async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())

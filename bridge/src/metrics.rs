@@ -1,4 +1,7 @@
-//! Counters of what the bridge did, logged periodically and served for Prometheus.
+//! What the bridge did: counted per instance (for the periodic log line and the tests) and
+//! recorded through the `metrics` facade into the process's Prometheus recorder, which the
+//! metrics address serves (`gito_runtime::metrics`). Each counter is named once, here; the call
+//! sites stay one line (`Metrics::add(&metrics.received, 1)`).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,133 +48,262 @@ impl DropReason {
             DropReason::SpoolFull => "spool_full",
         }
     }
+
+    /// Its outcome in `gito_bridge_messages_total`.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            DropReason::TooLarge => "dropped_too_large",
+            DropReason::InvalidUtf8 => "dropped_invalid_utf8",
+            DropReason::NonFinite => "dropped_non_finite",
+            DropReason::InvalidTimestamp => "dropped_invalid_timestamp",
+            DropReason::NoMetrics => "dropped_no_metrics",
+            DropReason::InvalidTopic => "dropped_invalid_topic",
+            DropReason::NoRule => "dropped_no_rule",
+            DropReason::ApiRejected => "dropped_api_rejected",
+            DropReason::SpoolFull => "dropped_spool_full",
+        }
+    }
 }
 
-#[derive(Debug, Default)]
+/// A counter: this instance's count, and the series `gito_bridge_<name>_total`.
+#[derive(Debug)]
+pub struct Count {
+    value: AtomicU64,
+    name: &'static str,
+    help: &'static str,
+    /// Also counted in `gito_bridge_messages_total` with this outcome.
+    outcome: Option<&'static str>,
+}
+
+impl Count {
+    const fn new(name: &'static str, help: &'static str) -> Count {
+        Count {
+            value: AtomicU64::new(0),
+            name,
+            help,
+            outcome: None,
+        }
+    }
+
+    const fn outcome(mut self, outcome: &'static str) -> Count {
+        self.outcome = Some(outcome);
+        self
+    }
+
+    /// This instance's count.
+    pub fn load(&self, order: Ordering) -> u64 {
+        self.value.load(order)
+    }
+
+    fn series(&self) -> String {
+        format!("gito_bridge_{}_total", self.name)
+    }
+}
+
+/// A connection's state: the gauge `gito_bridge_<name>` (1 connected, 0 not), and its
+/// reconnects in `gito_bridge_reconnects_total{broker}`.
+#[derive(Debug)]
+pub struct Flag {
+    value: AtomicBool,
+    /// Connected at least once (a later connection is a reconnect).
+    ever: AtomicBool,
+    name: &'static str,
+    broker: &'static str,
+}
+
+impl Flag {
+    const fn new(name: &'static str, broker: &'static str) -> Flag {
+        Flag {
+            value: AtomicBool::new(false),
+            ever: AtomicBool::new(false),
+            name,
+            broker,
+        }
+    }
+
+    fn series(&self) -> String {
+        format!("gito_bridge_{}", self.name)
+    }
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    pub received: AtomicU64,
-    pub republished: AtomicU64,
-    pub devices_created: AtomicU64,
-    pub spooled: AtomicU64,
-    pub api_errors: AtomicU64,
-    pub broker_errors: AtomicU64,
+    pub received: Count,
+    pub republished: Count,
+    pub devices_created: Count,
+    pub spooled: Count,
+    pub api_errors: Count,
+    pub broker_errors: Count,
     /// Messages moved from the replay window back into the spool after a local connection loss.
-    pub replayed: AtomicU64,
+    pub replayed: Count,
     /// Times the external broker answered without our session after an absence.
-    pub upstream_sessions_lost: AtomicU64,
+    pub upstream_sessions_lost: Count,
     /// Deleted devices whose path the bridge forgot on the API's word.
-    pub devices_forgotten: AtomicU64,
+    pub devices_forgotten: Count,
     /// Acknowledgements of the local broker saying nobody subscribed (the message is retried).
-    pub no_subscribers: AtomicU64,
+    pub no_subscribers: Count,
     /// Device lookups that waited because the budget of new devices per minute was spent.
-    pub device_budget_waits: AtomicU64,
+    pub device_budget_waits: Count,
     /// Redeliveries recognized as such (they keep their first identity).
-    pub redeliveries_recognized: AtomicU64,
+    pub redeliveries_recognized: Count,
     /// Redeliveries after our ack had gone out, taken for redeliveries (docs/BRIDGE.md).
-    pub ambiguous_redeliveries: AtomicU64,
+    pub ambiguous_redeliveries: Count,
     /// Connected to the external broker with our subscriptions in place.
-    pub external_connected: AtomicBool,
-    pub local_connected: AtomicBool,
+    pub external_connected: Flag,
+    pub local_connected: Flag,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
+impl Default for Metrics {
+    /// Installs the process's recorder if need be and registers every series at zero, so a
+    /// scrape shows them all from the start.
+    fn default() -> Self {
+        let metrics = Metrics {
+            received: Count::new("received", "Messages received from the external broker"),
+            republished: Count::new("republished", "Messages the local broker acknowledged")
+                .outcome("republished"),
+            devices_created: Count::new(
+                "devices_created",
+                "Devices the API created for new topics",
+            ),
+            spooled: Count::new("spooled", "Messages written to the on-disk spool"),
+            api_errors: Count::new("api_errors", "Failed calls to gito-api"),
+            broker_errors: Count::new("broker_errors", "Connection errors with either broker"),
+            replayed: Count::new(
+                "replayed",
+                "Messages replayed from the replay window after a local connection loss",
+            ),
+            upstream_sessions_lost: Count::new(
+                "upstream_sessions_lost",
+                "Reconnects where the external broker no longer had our session",
+            ),
+            devices_forgotten: Count::new(
+                "devices_forgotten",
+                "Deleted devices whose path the bridge forgot",
+            ),
+            no_subscribers: Count::new(
+                "no_subscribers",
+                "Publishes the local broker had no subscriber for (held and retried)",
+            ),
+            device_budget_waits: Count::new(
+                "device_budget_waits",
+                "New device paths that waited for the budget of new devices per minute",
+            ),
+            redeliveries_recognized: Count::new(
+                "redeliveries_recognized",
+                "Redelivered messages that kept the identity of their first receipt",
+            ),
+            ambiguous_redeliveries: Count::new(
+                "ambiguous_redeliveries",
+                "Redeliveries after our ack had gone out, taken for redeliveries (docs/BRIDGE.md)",
+            ),
+            external_connected: Flag::new("external_connected", "external"),
+            local_connected: Flag::new("local_connected", "local"),
+            dropped: Default::default(),
+        };
+        metrics.register();
+        metrics
+    }
+}
+
 impl Metrics {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub fn add(counter: &Count, n: u64) {
+        counter.value.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(counter.series()).increment(n);
+        if let Some(outcome) = counter.outcome {
+            metrics::counter!("gito_bridge_messages_total", "outcome" => outcome).increment(n);
+        }
     }
 
-    pub fn set(flag: &AtomicBool, value: bool) {
-        flag.store(value, Ordering::Relaxed);
+    pub fn set(flag: &Flag, value: bool) {
+        let was = flag.value.swap(value, Ordering::Relaxed);
+        if value && !was && flag.ever.swap(true, Ordering::Relaxed) {
+            metrics::counter!("gito_bridge_reconnects_total", "broker" => flag.broker).increment(1);
+        }
+        metrics::gauge!(flag.series()).set(f64::from(u8::from(value)));
     }
 
-    pub fn is(flag: &AtomicBool) -> bool {
-        flag.load(Ordering::Relaxed)
+    pub fn is(flag: &Flag) -> bool {
+        flag.value.load(Ordering::Relaxed)
     }
 
     pub fn dropped(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("gito_bridge_dropped_total", "reason" => reason.as_str()).increment(n);
+        metrics::counter!("gito_bridge_messages_total", "outcome" => reason.outcome()).increment(n);
     }
 
     pub fn dropped_total(&self, reason: DropReason) -> u64 {
         self.dropped[reason as usize].load(Ordering::Relaxed)
     }
 
-    fn counters(&self) -> [(&'static str, &'static str, u64); 13] {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    fn counters(&self) -> [&Count; 13] {
         [
-            (
-                "received",
-                "Messages received from the external broker",
-                get(&self.received),
-            ),
-            (
-                "republished",
-                "Messages the local broker acknowledged",
-                get(&self.republished),
-            ),
-            (
-                "devices_created",
-                "Devices the API created for new topics",
-                get(&self.devices_created),
-            ),
-            (
-                "spooled",
-                "Messages written to the on-disk spool",
-                get(&self.spooled),
-            ),
-            (
-                "api_errors",
-                "Failed calls to gito-api",
-                get(&self.api_errors),
-            ),
-            (
-                "broker_errors",
-                "Connection errors with either broker",
-                get(&self.broker_errors),
-            ),
-            (
-                "replayed",
-                "Messages replayed from the replay window after a local connection loss",
-                get(&self.replayed),
-            ),
-            (
-                "upstream_sessions_lost",
-                "Reconnects where the external broker no longer had our session",
-                get(&self.upstream_sessions_lost),
-            ),
-            (
-                "devices_forgotten",
-                "Deleted devices whose path the bridge forgot",
-                get(&self.devices_forgotten),
-            ),
-            (
-                "no_subscribers",
-                "Publishes the local broker had no subscriber for (held and retried)",
-                get(&self.no_subscribers),
-            ),
-            (
-                "device_budget_waits",
-                "New device paths that waited for the budget of new devices per minute",
-                get(&self.device_budget_waits),
-            ),
-            (
-                "redeliveries_recognized",
-                "Redelivered messages that kept the identity of their first receipt",
-                get(&self.redeliveries_recognized),
-            ),
-            (
-                "ambiguous_redeliveries",
-                "Redeliveries after our ack had gone out, taken for redeliveries (docs/BRIDGE.md)",
-                get(&self.ambiguous_redeliveries),
-            ),
+            &self.received,
+            &self.republished,
+            &self.devices_created,
+            &self.spooled,
+            &self.api_errors,
+            &self.broker_errors,
+            &self.replayed,
+            &self.upstream_sessions_lost,
+            &self.devices_forgotten,
+            &self.no_subscribers,
+            &self.device_budget_waits,
+            &self.redeliveries_recognized,
+            &self.ambiguous_redeliveries,
         ]
+    }
+
+    fn register(&self) {
+        gito_runtime::metrics::handle();
+        for counter in self.counters() {
+            metrics::describe_counter!(counter.series(), counter.help);
+            metrics::counter!(counter.series()).increment(0);
+        }
+        metrics::describe_counter!("gito_bridge_dropped_total", "Messages skipped, by reason");
+        metrics::describe_counter!(
+            "gito_bridge_messages_total",
+            "Messages received from the external broker, by outcome: republished, dropped_<reason>"
+        );
+        metrics::counter!("gito_bridge_messages_total", "outcome" => "republished").increment(0);
+        for reason in DropReason::ALL {
+            metrics::counter!("gito_bridge_dropped_total", "reason" => reason.as_str())
+                .increment(0);
+            metrics::counter!("gito_bridge_messages_total", "outcome" => reason.outcome())
+                .increment(0);
+        }
+        for flag in [&self.external_connected, &self.local_connected] {
+            metrics::describe_gauge!(flag.series(), "1 while connected");
+            metrics::gauge!(flag.series()).set(f64::from(u8::from(Self::is(flag))));
+        }
+        metrics::describe_counter!(
+            "gito_bridge_reconnects_total",
+            "Connections to a broker after the first, by broker (external, local)"
+        );
+        metrics::describe_gauge!("gito_bridge_spool_bytes", "Bytes on disk in the spool");
+        metrics::describe_gauge!("gito_bridge_spool_records", "Messages waiting in the spool");
+        metrics::describe_gauge!(
+            "gito_bridge_spool_oldest_age_seconds",
+            "Age of the oldest spooled message by its envelope ts (0 when empty)"
+        );
+        metrics::describe_histogram!(
+            "gito_bridge_api_request_duration_seconds",
+            metrics::Unit::Seconds,
+            "Latency of gito-api device lookups (find or create)"
+        );
     }
 
     /// One line for the log.
     pub fn summary(&self) -> String {
         let mut line = String::new();
-        for (name, _, value) in self.counters() {
-            let _ = write!(line, "{name}={value} ");
+        for counter in self.counters() {
+            let _ = write!(
+                line,
+                "{}={} ",
+                counter.name,
+                counter.load(Ordering::Relaxed)
+            );
         }
         for reason in DropReason::ALL {
             let value = self.dropped_total(reason);
@@ -180,41 +312,5 @@ impl Metrics {
             }
         }
         line.trim_end().to_owned()
-    }
-
-    /// The Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, help, value) in self.counters() {
-            let _ = writeln!(
-                out,
-                "# HELP gito_bridge_{name}_total {help}\n# TYPE gito_bridge_{name}_total counter"
-            );
-            let _ = writeln!(out, "gito_bridge_{name}_total {value}");
-        }
-        for (name, flag) in [
-            ("external_connected", &self.external_connected),
-            ("local_connected", &self.local_connected),
-        ] {
-            let value = u8::from(Self::is(flag));
-            let _ = writeln!(
-                out,
-                "# TYPE gito_bridge_{name} gauge\ngito_bridge_{name} {value}"
-            );
-        }
-
-        let _ = writeln!(
-            out,
-            "# HELP gito_bridge_dropped_total Messages skipped, by reason\n# TYPE gito_bridge_dropped_total counter"
-        );
-        for reason in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "gito_bridge_dropped_total{{reason=\"{}\"}} {}",
-                reason.as_str(),
-                self.dropped_total(reason)
-            );
-        }
-        out
     }
 }

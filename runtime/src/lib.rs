@@ -1,9 +1,11 @@
 //! gito-runtime: what every gito process needs around its own work, written once. Log setup,
 //! the shutdown signal, the supervisor that turns a dead task into a dead process, retry
-//! backoff, secrets that never print, and MQTT client options from a typed URL.
+//! backoff, secrets that never print, MQTT client options from a typed URL, and the Prometheus
+//! recorder behind the `metrics` facade.
 
 pub mod backoff;
 pub mod logging;
+pub mod metrics;
 pub mod mqtt;
 pub mod shutdown;
 pub mod supervisor;

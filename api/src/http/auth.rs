@@ -125,13 +125,16 @@ async fn resolve(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     }
 }
 
-/// Tenant tokens: their own tenant only; tenants and tokens are the admin's.
+/// Tenant tokens: their own tenant only; tenants, tokens, metrics and status are the admin's.
 fn authorize(principal: Principal, method: &Method, path: &str) -> Result<(), ApiError> {
     let Principal::Tenant(own) = principal else {
         return Ok(());
     };
     let mut segments = path.trim_start_matches('/').split('/');
     match (segments.next(), segments.next(), segments.next()) {
+        (Some("metrics" | "status"), None, _) => Err(ApiError::Forbidden(
+            "only the admin token may read metrics and status",
+        )),
         (Some("tenants"), None, _) => Err(ApiError::Forbidden(
             "only the admin token may list or create tenants",
         )),

@@ -30,6 +30,7 @@ use super::extract::{Path, Query};
 use super::openapi::TenantPath;
 use super::token_cache::Revocation;
 use super::{AppState, telemetry, tenants};
+use crate::status::{self, Health};
 
 /// Events a client may fall behind by before it is disconnected: with the socket's own buffers,
 /// all a client can hold up.
@@ -68,9 +69,12 @@ impl Live {
 
     /// Subscribes to every tenant's telemetry and alerts (QoS 0: live views want the present)
     /// and hands each event to the connected clients, until `stop` (a supervised task).
+    /// `health`: `live` up while connected, and `broker` too if `reports_broker` (no processor).
     pub async fn fan_out(
         self,
         mut options: MqttOptions,
+        health: Health,
+        reports_broker: bool,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         options.set_clean_session(true);
@@ -82,6 +86,10 @@ impl Live {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    health.up(status::LIVE);
+                    if reports_broker {
+                        health.up(status::BROKER);
+                    }
                     for filter in [TELEMETRY_FILTER, ALERTS_FILTER] {
                         let _ = client.try_subscribe(filter, QoS::AtMostOnce);
                     }
@@ -98,6 +106,10 @@ impl Live {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    health.down(status::LIVE, &e);
+                    if reports_broker {
+                        health.down(status::BROKER, &e);
+                    }
                     tracing::debug!(error = %e, "live fan-out lost the broker; reconnecting");
                     tokio::select! {
                         () = stop.cancelled() => return Ok(()),
@@ -213,6 +225,7 @@ async fn stream(
     client: Client,
     guard: Option<TokenGuard>,
 ) {
+    let _open = ClientGauge::open();
     // One future for the socket's whole life, polled beside everything it waits for (sends
     // included), so that a revocation closes it whatever it is doing.
     let verdict = async move {
@@ -224,16 +237,17 @@ async fn stream(
     let mut verdict = std::pin::pin!(verdict);
     loop {
         tokio::select! {
-            frame = &mut verdict => return close(socket, frame).await,
+            frame = &mut verdict => return revoke(socket, frame).await,
             event = events.recv() => match event {
                 Ok(event) if client.wants(&event) => {
                     let message = Message::Text(event.json.as_ref().into());
                     tokio::select! {
-                        frame = &mut verdict => return close(socket, frame).await,
+                        frame = &mut verdict => return revoke(socket, frame).await,
                         sent = timeout(live.send_timeout, socket.send(message)) => match sent {
-                            Ok(Ok(())) => {}
+                            Ok(Ok(())) => metrics::counter!("gito_live_events_sent_total").increment(1),
                             Ok(Err(_)) => return,
                             Err(_) => {
+                                dropped("stalled");
                                 let dropped_total = live.stalled.fetch_add(1, Ordering::Relaxed) + 1;
                                 tracing::warn!(
                                     dropped_total,
@@ -247,6 +261,7 @@ async fn stream(
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    dropped("lagged");
                     tracing::info!(missed, "disconnecting a WebSocket client that fell behind");
                     let frame = CloseFrame { code: close_code::AGAIN, reason: "too slow: reconnect".into() };
                     return close(socket, frame).await;
@@ -259,6 +274,32 @@ async fn stream(
             },
         }
     }
+}
+
+/// Counts an open client for as long as it lives.
+struct ClientGauge;
+
+impl ClientGauge {
+    fn open() -> ClientGauge {
+        metrics::gauge!("gito_live_clients").increment(1.0);
+        ClientGauge
+    }
+}
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("gito_live_clients").decrement(1.0);
+    }
+}
+
+/// `reason`: `lagged`, `stalled` or `revoked` (the token was revoked or cannot be verified).
+fn dropped(reason: &'static str) {
+    metrics::counter!("gito_live_clients_dropped_total", "reason" => reason).increment(1);
+}
+
+async fn revoke(socket: WebSocket, frame: CloseFrame) {
+    dropped("revoked");
+    close(socket, frame).await;
 }
 
 /// Sends `frame` if the client takes it soon, then drops the connection either way.

@@ -12,6 +12,7 @@ mod extract;
 pub(crate) mod fields;
 mod health;
 mod live;
+mod observe;
 mod openapi;
 mod organizations;
 mod page;
@@ -43,6 +44,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::AdminToken;
+use crate::status::Health;
 pub use token_cache::TokenCache;
 
 pub use auth::Principal;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub live: Option<Live>,
     pub admin: AdminToken,
     pub tokens: Arc<TokenCache>,
+    /// The components' states, for `/status`.
+    pub health: Health,
 }
 
 /// Limits applied to every request.
@@ -109,6 +113,7 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(alerts::router())
         .merge(dead_letters::router())
         .merge(live::router())
+        .merge(observe::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -129,6 +134,8 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .fallback(|| async { ApiError::NotFound("route") })
         .with_state(state)
         .layer(layers)
+        // Outermost, so that every answer is counted, the middleware's own included.
+        .layer(middleware::from_fn(observe::track))
 }
 
 /// Serves `app` on `listener` until `shutdown` fires, then finishes in-flight requests.

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::auth::Sha256Digest;
+use crate::status::{Health, TOKEN_LISTENER};
 
 pub const CHANNEL: &str = "gito_api_tokens";
 /// The listener connection's `application_name` (unless DATABASE_URL names one).
@@ -119,11 +120,18 @@ impl TokenCache {
         if !self.is_listening() {
             return None;
         }
-        self.entries
+        let found = self
+            .entries
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(key_id)
-            .copied()
+            .copied();
+        crate::metrics::cache_lookups(
+            "token",
+            usize::from(found.is_some()),
+            usize::from(found.is_none()),
+        );
+        found
     }
 
     pub fn is_listening(&self) -> bool {
@@ -143,6 +151,7 @@ impl TokenCache {
             return;
         }
         if entries.len() >= MAX_ENTRIES {
+            crate::metrics::cache_evicted("token", entries.len());
             entries.clear();
         }
         entries.insert(key_id.to_owned(), token);
@@ -152,7 +161,9 @@ impl TokenCache {
         {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
             self.generation.fetch_add(1, Ordering::AcqRel);
-            entries.remove(key_id);
+            if entries.remove(key_id).is_some() {
+                crate::metrics::cache_evicted("token", 1);
+            }
         }
         // Told after the eviction, so a socket that looks its token up again reads the database.
         if let Some(key_id) = self.watched_key(key_id) {
@@ -207,16 +218,17 @@ pub async fn listen(
     cache: Arc<TokenCache>,
     options: PgConnectOptions,
     pool: PgPool,
+    health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     tokio::select! {
         () = shutdown.cancelled() => Ok(()),
-        () = keep_listening(&cache, options) => Ok(()),
+        () = keep_listening(&cache, options, &health) => Ok(()),
         () = sweep(&cache, &pool) => Ok(()),
     }
 }
 
-async fn keep_listening(cache: &TokenCache, options: PgConnectOptions) {
+async fn keep_listening(cache: &TokenCache, options: PgConnectOptions, health: &Health) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         // A pool of one, for this listener alone: when it is abandoned, the pool is closed first,
@@ -239,16 +251,20 @@ async fn keep_listening(cache: &TokenCache, options: PgConnectOptions) {
             Ok(Ok(mut listener)) => {
                 backoff.reset();
                 cache.reset(true);
+                health.up(TOKEN_LISTENER);
                 let lost = relay(cache, &mut listener).await;
                 cache.reset(false);
+                health.down(TOKEN_LISTENER, &lost);
                 tracing::warn!(reason = %lost, "token cache: lost the revocation listener; tokens are looked up on every request until it is back");
                 abandon(&own);
                 drop(listener);
             }
             Ok(Err(e)) => {
+                health.down(TOKEN_LISTENER, &e);
                 tracing::warn!(error = %e, "token cache: cannot listen for revocations; tokens are looked up on every request");
             }
             Err(_) => {
+                health.down(TOKEN_LISTENER, "connecting timed out");
                 tracing::warn!(
                     timeout_s = CONNECT_TIMEOUT.as_secs(),
                     "token cache: connecting the revocation listener timed out; tokens are looked up on every request"

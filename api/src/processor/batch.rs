@@ -13,12 +13,13 @@
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gito_runtime::Backoff;
 use gito_wire::{AlertEvent, Envelope, Invalid, TelemetryTopic};
 use rumqttc::Publish;
 use sqlx::PgPool;
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -27,6 +28,7 @@ use super::dead_letters::{self, DeadLetter, Reason, UNKNOWN_DEVICE};
 use super::devices::{DeviceCache, DeviceInfo, Known};
 use super::failure::{self, is_foreign_key_violation, is_transient};
 use super::store::{self, Checked, Stored};
+use crate::status::{Health, PROCESSOR};
 
 /// One valid message: its topic and its envelope.
 #[derive(Debug)]
@@ -87,18 +89,25 @@ pub struct Batcher {
     pub cache: DeviceCache,
     pub counters: Arc<Counters>,
     pub shutdown: CancellationToken,
+    pub health: Health,
     /// Reasons logged since the last counters line ("logged once": the rest is counted).
     logged: Vec<Reason>,
     isolation_logged: bool,
 }
 
 impl Batcher {
-    pub fn new(pool: PgPool, counters: Arc<Counters>, shutdown: CancellationToken) -> Batcher {
+    pub fn new(
+        pool: PgPool,
+        counters: Arc<Counters>,
+        shutdown: CancellationToken,
+        health: Health,
+    ) -> Batcher {
         Batcher {
             pool,
             cache: DeviceCache::default(),
             counters,
             shutdown,
+            health,
             logged: Vec::new(),
             isolation_logged: false,
         }
@@ -114,6 +123,9 @@ impl Batcher {
     /// returns the alert changes. `None` if shutdown came first (nothing may be acknowledged).
     pub async fn process(&mut self, batch: &[Incoming]) -> Option<Vec<AlertEvent>> {
         Counters::add(&self.counters.messages, batch.len() as u64);
+        metrics::histogram!("gito_processor_batch_size").record(batch.len() as f64);
+        let redelivered = batch.iter().filter(|m| m.publish.dup).count();
+        metrics::counter!("gito_processor_redeliveries_total").increment(redelivered as u64);
         let mut dead = Vec::new();
         let mut valid = Vec::new();
         for message in batch {
@@ -174,8 +186,12 @@ impl Batcher {
             }
             let mut retry = Retry::new(self);
             let error = loop {
+                let started = Instant::now();
                 match store_in_transaction(&self.pool, &group).await {
                     Ok(stored) => {
+                        metrics::histogram!("gito_processor_commit_duration_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        self.committed(&group, &stored);
                         self.count(&stored);
                         events.extend(stored.events);
                         break None;
@@ -279,7 +295,10 @@ impl Batcher {
         let mut retry = Retry::new(self);
         loop {
             match keep_in_one_statement(&self.pool, dead).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.health.up(PROCESSOR);
+                    break;
+                }
                 Err(e) => {
                     if !retry.wait("keeping dead letters", &e).await {
                         return None;
@@ -289,6 +308,10 @@ impl Batcher {
         }
         for letter in dead {
             self.counters.dead_letter(letter.reason);
+            metrics::counter!("gito_processor_messages_total", "outcome" => letter.reason.outcome())
+                .increment(1);
+            metrics::counter!("gito_processor_dead_letters_total", "reason" => letter.reason.as_str())
+                .increment(1);
             if !self.logged.contains(&letter.reason) {
                 self.logged.push(letter.reason);
                 tracing::warn!(reason = letter.reason.as_str(), topic = %letter.topic, error = %letter.error,
@@ -296,6 +319,31 @@ impl Batcher {
             }
         }
         Some(())
+    }
+
+    /// Metrics and health of a committed group: a group whose every row was stored before is a
+    /// redelivery (`duplicate`), any other `stored`; the lag of each message, envelope `ts` to now.
+    fn committed(&self, group: &[Checked<'_>], stored: &Stored) {
+        let outcome = if stored.inserted == 0 && stored.rows > 0 {
+            "duplicate"
+        } else {
+            "stored"
+        };
+        metrics::counter!("gito_processor_messages_total", "outcome" => outcome)
+            .increment(group.len() as u64);
+        metrics::counter!("gito_processor_rows_stored_total").increment(stored.inserted);
+        metrics::counter!("gito_processor_rows_duplicate_total")
+            .increment(stored.rows - stored.inserted);
+        let now = OffsetDateTime::now_utc();
+        let lag = metrics::histogram!("gito_processor_lag_seconds");
+        let mut oldest = 0.0_f64;
+        for message in group {
+            let seconds = (now - message.envelope.ts).as_seconds_f64().max(0.0);
+            lag.record(seconds);
+            oldest = oldest.max(seconds);
+        }
+        self.health.committed(oldest);
+        self.health.up(PROCESSOR);
     }
 
     fn count(&self, stored: &Stored) {
@@ -310,6 +358,7 @@ struct Retry {
     backoff: Backoff,
     shutdown: CancellationToken,
     counters: Arc<Counters>,
+    health: Health,
 }
 
 impl Retry {
@@ -318,12 +367,15 @@ impl Retry {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             shutdown: batcher.shutdown.clone(),
             counters: batcher.counters.clone(),
+            health: batcher.health.clone(),
         }
     }
 
     /// False if shutdown came first.
     async fn wait(&mut self, what: &str, error: &sqlx::Error) -> bool {
         Counters::add(&self.counters.db_errors, 1);
+        metrics::counter!("gito_processor_db_errors_total").increment(1);
+        self.health.degraded(PROCESSOR, format!("{what}: {error}"));
         tracing::warn!(error = %error, "{what} failed; retrying");
         tokio::select! {
             () = self.shutdown.cancelled() => false,

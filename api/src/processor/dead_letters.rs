@@ -49,6 +49,19 @@ impl Reason {
         Reason::StoreFailed,
     ];
 
+    /// The outcome in `gito_processor_messages_total`: `dropped_<reason>` for what was refused
+    /// before storing (invalid, an unknown device), `dead_lettered` for what the database refused.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Reason::InvalidTopic => "dropped_invalid_topic",
+            Reason::InvalidEnvelope => "dropped_invalid_envelope",
+            Reason::NoMetrics => "dropped_no_metrics",
+            Reason::InvalidMetric => "dropped_invalid_metric",
+            Reason::UnknownDevice => "dropped_unknown_device",
+            Reason::Constraint | Reason::InvalidValue | Reason::StoreFailed => "dead_lettered",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidTopic => "invalid_topic",

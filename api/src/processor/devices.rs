@@ -91,16 +91,20 @@ impl DeviceCache {
     }
 
     pub fn evict(&mut self, id: Uuid) {
-        self.entries.remove(&id);
+        if self.entries.remove(&id).is_some() {
+            crate::metrics::cache_evicted("device", 1);
+        }
     }
 
     /// Forgets the devices of a device type (its schema changed).
     pub fn evict_type(&mut self, type_id: Uuid) {
+        let before = self.entries.len();
         self.entries.retain(|_, e| {
             e.info
                 .as_ref()
                 .is_none_or(|i| i.device_type_id != Some(type_id))
         });
+        crate::metrics::cache_evicted("device", before - self.entries.len());
     }
 
     pub fn clear(&mut self) {
@@ -124,6 +128,7 @@ impl DeviceCache {
                 None => missing.push(*id),
             }
         }
+        crate::metrics::cache_lookups("device", ids.len() - missing.len(), missing.len());
         if missing.is_empty() {
             return Ok(found);
         }
@@ -150,10 +155,12 @@ impl DeviceCache {
 
     /// Drops what was not used since the last sweep; everything if all of it was.
     fn sweep(&mut self) {
+        let before = self.entries.len();
         self.entries.retain(|_, e| std::mem::take(&mut e.used));
         if self.entries.len() >= self.max_entries {
             self.entries.clear();
         }
+        crate::metrics::cache_evicted("device", before - self.entries.len());
     }
 }
 

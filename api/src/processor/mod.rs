@@ -33,6 +33,7 @@ use self::batch::{Batcher, Incoming};
 use self::counters::Counters;
 pub use self::devices::DeviceInfo;
 use self::watch::{Deleted, DeviceWatch};
+use crate::status::{self, Health};
 
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
@@ -56,6 +57,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 pub async fn run(
     config: ProcessorConfig,
     pool: PgPool,
+    health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut options = config.mqtt.clone();
@@ -69,14 +71,21 @@ pub async fn run(
         client.clone(),
         tx,
         intake.clone(),
+        health.clone(),
     ));
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(mqtt::acker(client.clone(), acks_rx));
     let counters = Arc::new(Counters::default());
-    let mut batcher = Batcher::new(pool.clone(), counters.clone(), shutdown.clone());
+    let mut batcher = Batcher::new(
+        pool.clone(),
+        counters.clone(),
+        shutdown.clone(),
+        health.clone(),
+    );
     let mut watch = DeviceWatch::new(&pool);
     let deleted = watch.sync(&mut batcher.cache).await;
     announce(&client, &counters, deleted);
+    health.up(status::PROCESSOR);
     tracing::info!(subscription = PROCESSOR_SUBSCRIPTION, "processor running");
 
     let mut stats = tokio::time::interval(Duration::from_secs(60));
@@ -152,6 +161,7 @@ pub async fn run(
             Ok(())
         }
     };
+    health.down(status::PROCESSOR, "stopped");
     tracing::info!(counters = counters.summary(), "processor stopped");
     polled
 }

@@ -15,6 +15,7 @@ mod lint;
 mod liveness;
 mod migration_safety;
 mod migrations;
+mod observability;
 mod processor;
 mod round_trip;
 mod supervision;

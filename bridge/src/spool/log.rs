@@ -104,6 +104,11 @@ impl Spool {
         self.records
     }
 
+    /// Bytes of its segments on disk.
+    pub fn bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
     /// Appends and fsyncs; returns how many old records were dropped to stay under the bound.
     pub fn append(&mut self, records: &[Record]) -> io::Result<u64> {
         let mut buffer = Vec::new();

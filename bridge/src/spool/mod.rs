@@ -30,12 +30,32 @@ pub struct SpoolHandle {
 impl SpoolHandle {
     pub fn new(spool: Spool, metrics: Arc<Metrics>) -> Arc<Self> {
         let active = !spool.is_empty();
-        Arc::new(SpoolHandle {
+        let handle = Arc::new(SpoolHandle {
             spool: Mutex::new(spool),
             active: AtomicBool::new(active),
             wake: Notify::new(),
             metrics,
-        })
+        });
+        handle.observe();
+        handle
+    }
+
+    /// Sets the spool's gauges: bytes, records, and the age of the oldest record by its envelope
+    /// `ts` (read from disk: called on every scrape, so that the age grows between events).
+    pub fn observe(&self) {
+        let spool = self.spool.lock().expect("spool lock");
+        metrics::gauge!("gito_bridge_spool_bytes").set(spool.bytes() as f64);
+        metrics::gauge!("gito_bridge_spool_records").set(spool.len() as f64);
+        let oldest = match spool.read(1) {
+            Ok((records, _)) => records.first().map(|r| r.envelope.ts),
+            Err(_) => None,
+        };
+        let age = oldest.map_or(0.0, |ts| {
+            (time::OffsetDateTime::now_utc() - ts)
+                .as_seconds_f64()
+                .max(0.0)
+        });
+        metrics::gauge!("gito_bridge_spool_oldest_age_seconds").set(age);
     }
 
     pub fn is_active(&self) -> bool {
@@ -56,6 +76,7 @@ impl SpoolHandle {
         .await
         .expect("spool task")?;
         Metrics::add(&self.metrics.spooled, count);
+        self.observe();
         if dropped > 0 {
             self.metrics.dropped(DropReason::SpoolFull, dropped);
             tracing::error!(dropped, "spool full: dropped the oldest spooled messages");
@@ -79,7 +100,9 @@ impl SpoolHandle {
             this.spool
                 .lock()
                 .expect("spool lock")
-                .commit(position, count)
+                .commit(position, count)?;
+            this.observe();
+            Ok(())
         })
         .await
         .expect("spool task")

@@ -6,3 +6,4 @@ mod delivery;
 mod faults;
 mod helpers;
 mod mapping;
+mod scrape;
