@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gito_runtime::Backoff;
-use gito_wire::{AlertEvent, Envelope, Invalid, TelemetryTopic};
+use gito_wire::{Envelope, Invalid, LiveEvent, TelemetryTopic};
 use rumqttc::Publish;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,7 @@ use super::counters::Counters;
 use super::dead_letters::{self, DeadLetter, Reason, UNKNOWN_DEVICE};
 use super::devices::{DeviceCache, DeviceInfo, Known};
 use super::failure::{self, is_foreign_key_violation, is_transient};
+use super::heard;
 use super::store::{self, Checked, Stored};
 
 /// One valid message: its topic and its envelope.
@@ -111,8 +112,8 @@ impl Batcher {
     }
 
     /// Stores every message of `batch` that can be stored and keeps the others as dead letters;
-    /// returns the alert changes. `None` if shutdown came first (nothing may be acknowledged).
-    pub async fn process(&mut self, batch: &[Incoming]) -> Option<Vec<AlertEvent>> {
+    /// returns the alert and connectivity changes. `None` if shutdown came first (nothing may be acknowledged).
+    pub async fn process(&mut self, batch: &[Incoming]) -> Option<Vec<LiveEvent>> {
         Counters::add(&self.counters.messages, batch.len() as u64);
         let mut dead = Vec::new();
         let mut valid = Vec::new();
@@ -156,7 +157,7 @@ impl Batcher {
         &mut self,
         good: &[(&Incoming, Checked<'_>)],
         dead: &mut Vec<DeadLetter>,
-    ) -> Option<Vec<AlertEvent>> {
+    ) -> Option<Vec<LiveEvent>> {
         let mut events = Vec::new();
         let mut alive = vec![true; good.len()];
         let mut isolating = false;
@@ -334,7 +335,12 @@ impl Retry {
 
 async fn store_in_transaction(pool: &PgPool, group: &[Checked<'_>]) -> Result<Stored, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let stored = store::store(&mut tx, group).await?;
+    let mut stored = store::store(&mut tx, group).await?;
+    let devices = group
+        .iter()
+        .map(|c| (c.device_id, c.device.tenant_id))
+        .collect();
+    stored.events.extend(heard::heard(&mut tx, &devices).await?);
     tx.commit().await?;
     Ok(stored)
 }
