@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use gito_wire::{AlertChange, AlertEvent, Connectivity, ConnectivityEvent, LiveEvent};
 use rumqttc::{AsyncClient, MqttOptions};
 use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -118,41 +119,55 @@ pub async fn sweep(
 }
 
 /// Devices whose `check_at` passed: offline if their deadline passed too, else re-armed for it.
-/// SKIP LOCKED: a device locked right now is being heard by a processor.
+/// SKIP LOCKED: a device locked right now is being heard by a processor. Two statements, each
+/// one index lookup per device (`OFFSET 0` keeps the planner from joining the whole devices
+/// table instead; UNNEST makes it update by primary key).
 async fn flip(conn: &mut PgConnection, default_secs: f64) -> Result<Vec<LiveEvent>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"WITH due AS (
-               SELECT c.device_id, d.tenant_id,
-                      c.last_heard_at
-                          + make_interval(secs => COALESCE(t.offline_after_secs::float8, $1)) AS deadline
-               FROM device_connectivity c
-               JOIN devices d ON d.id = c.device_id
-               LEFT JOIN device_types t ON t.id = d.device_type_id
-               WHERE c.check_at IS NOT NULL AND c.check_at <= now()
-               ORDER BY c.check_at
-               LIMIT $2
-               FOR UPDATE OF c SKIP LOCKED
-           )
-           UPDATE device_connectivity c
-           SET check_at = CASE WHEN due.deadline <= now() THEN NULL ELSE due.deadline END,
-               offline_since = CASE WHEN due.deadline <= now() THEN now() END
-           FROM due WHERE c.device_id = due.device_id
-           RETURNING c.device_id, due.tenant_id, (c.check_at IS NULL) AS "offline!", now() AS "at!""#,
+    let due = sqlx::query!(
+        r#"SELECT c.device_id, d.tenant_id AS "tenant_id?", deadline.at AS "deadline!",
+                  (deadline.at <= now()) AS "offline!", now() AS "now!"
+           FROM (SELECT device_id, last_heard_at FROM device_connectivity
+                 WHERE check_at IS NOT NULL AND check_at <= now()
+                 ORDER BY check_at LIMIT $2
+                 FOR UPDATE SKIP LOCKED) c
+           CROSS JOIN LATERAL (SELECT tenant_id, device_type_id FROM devices
+                               WHERE id = c.device_id OFFSET 0) d
+           CROSS JOIN LATERAL (SELECT c.last_heard_at + make_interval(secs => COALESCE(
+                                   (SELECT t.offline_after_secs FROM device_types t
+                                    WHERE t.id = d.device_type_id)::float8, $1)) AS at) deadline"#,
         default_secs,
         PER_TICK
     )
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = due.iter().map(|r| r.device_id).collect();
+    let check_at: Vec<Option<OffsetDateTime>> = due
+        .iter()
+        .map(|r| (!r.offline).then_some(r.deadline))
+        .collect();
+    sqlx::query!(
+        "UPDATE device_connectivity c
+         SET check_at = v.check_at, offline_since = CASE WHEN v.check_at IS NULL THEN now() END
+         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS v(device_id, check_at)
+         WHERE c.device_id = v.device_id",
+        &ids,
+        &check_at as &[Option<OffsetDateTime>]
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(due
         .into_iter()
         .filter(|r| r.offline)
-        .map(|r| {
-            LiveEvent::Connectivity(ConnectivityEvent {
-                tenant_id: r.tenant_id,
+        .filter_map(|r| {
+            Some(LiveEvent::Connectivity(ConnectivityEvent {
+                tenant_id: r.tenant_id?,
                 device_id: r.device_id,
                 connectivity: Connectivity::Offline,
-                at: r.at,
-            })
+                at: r.now,
+            }))
         })
         .collect())
 }
@@ -276,7 +291,7 @@ fn alert_events(event: AlertChange, alerts: Vec<Alert>) -> impl Iterator<Item = 
 }
 
 /// `gito_devices{connectivity="online"|"offline"}`: every device of the instance (a device
-/// never heard from is offline). Two index-only counts.
+/// never heard from is offline). Two counts: about 70 ms at 100,000 devices.
 async fn update_gauge(pool: &PgPool) -> Result<(), sqlx::Error> {
     let counts = sqlx::query!(
         r#"SELECT (SELECT count(*) FROM device_connectivity WHERE check_at IS NOT NULL) AS "online!",

@@ -117,7 +117,7 @@ struct DeviceFilter {
     unassigned: bool,
     external_id: Option<String>,
     /// Only `online` or only `offline` devices.
-    #[param(value_type = Option<Connectivity>)]
+    #[param(value_type = Option<String>, pattern = "^(online|offline)$")]
     connectivity: Option<Connectivity>,
 }
 
