@@ -12,8 +12,9 @@ ALTER TABLE device_types ADD CONSTRAINT device_types_offline_after_secs_check
 ALTER TABLE device_types VALIDATE CONSTRAINT device_types_offline_after_secs_check;
 
 -- One row per device ever heard from (no row: offline, never heard). Kept apart from `devices`
--- so that the processor's update on every batch touches no index (a HOT update) and so that
--- no index has to be built on the large devices table.
+-- so that the processor's update on every batch touches no index (a HOT update: measured, 2,000
+-- devices in 11-18 ms, next to 27-37 ms for their last_seen_at) and so that no index has to be
+-- built on the large devices table.
 --   check_at NULL       offline, since offline_since
 --   check_at NOT NULL   online; the sweeper looks again at check_at (never later than
 --                       last_heard_at + the timeout) and either flips it offline or moves
@@ -26,7 +27,7 @@ CREATE TABLE device_connectivity (
     offline_since TIMESTAMPTZ,
     CONSTRAINT device_connectivity_state_check
         CHECK ((check_at IS NULL) = (offline_since IS NOT NULL))
-);
+) WITH (fillfactor = 70); -- room on each page, so that those updates stay HOT
 
 -- The sweeper's work per tick: the online devices due for a look (an index range scan).
 CREATE INDEX device_connectivity_check_at_idx ON device_connectivity (check_at)

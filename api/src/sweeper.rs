@@ -291,17 +291,93 @@ fn alert_events(event: AlertChange, alerts: Vec<Alert>) -> impl Iterator<Item = 
 }
 
 /// `gito_devices{connectivity="online"|"offline"}`: every device of the instance (a device
-/// never heard from is offline). Two counts: about 70 ms at 100,000 devices.
+/// never heard from is offline).
 async fn update_gauge(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let counts = device_counts(pool).await?;
+    set_gauge(counts);
+    Ok(())
+}
+
+/// How many devices of the whole instance are online and offline: two counts, about 70 ms at
+/// 100,000 devices.
+pub async fn device_counts(pool: &PgPool) -> Result<DeviceCounts, sqlx::Error> {
     let counts = sqlx::query!(
         r#"SELECT (SELECT count(*) FROM device_connectivity WHERE check_at IS NOT NULL) AS "online!",
                   (SELECT count(*) FROM devices) AS "total!""#
     )
     .fetch_one(pool)
     .await?;
-    #[allow(clippy::cast_precision_loss)]
-    let (online, total) = (counts.online as f64, counts.total as f64);
-    metrics::gauge!("gito_devices", "connectivity" => "online").set(online);
-    metrics::gauge!("gito_devices", "connectivity" => "offline").set((total - online).max(0.0));
-    Ok(())
+    Ok(DeviceCounts {
+        online: u64::try_from(counts.online).unwrap_or_default(),
+        offline: u64::try_from(counts.total - counts.online).unwrap_or_default(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceCounts {
+    pub online: u64,
+    pub offline: u64,
+}
+
+/// Sets the gauge through the `metrics` facade (whatever recorder the process installed).
+pub fn set_gauge(counts: DeviceCounts) {
+    for (state, count) in [
+        (Connectivity::Online, counts.online),
+        (Connectivity::Offline, counts.offline),
+    ] {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("gito_devices", "connectivity" => state.as_str()).set(count as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    /// A series as the recorder saw it: name, labels, value.
+    type Series = (String, Vec<(String, String)>, DebugValue);
+
+    #[test]
+    fn the_gauge_is_gito_devices_by_connectivity_and_nothing_else() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            set_gauge(DeviceCounts {
+                online: 7,
+                offline: 3,
+            });
+        });
+        let mut seen: Vec<Series> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let key = key.key();
+                let labels = key
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                (key.name().to_owned(), labels, value)
+            })
+            .collect();
+        seen.sort_by(|a, b| a.1.cmp(&b.1));
+        let label = |v: &str| vec![("connectivity".to_owned(), v.to_owned())];
+        assert_eq!(
+            seen,
+            [
+                (
+                    "gito_devices".to_owned(),
+                    label("offline"),
+                    DebugValue::Gauge(3.0.into())
+                ),
+                (
+                    "gito_devices".to_owned(),
+                    label("online"),
+                    DebugValue::Gauge(7.0.into())
+                ),
+            ]
+        );
+    }
 }

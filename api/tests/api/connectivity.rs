@@ -2,7 +2,8 @@
 //! and PostgreSQL: a device goes offline after its type's timeout and online with its next
 //! message, both pushed over the WebSocket, with an alert that opens and resolves; a tenant that
 //! stops publishing raises a staleness alert that resolves when data flows again; two sweepers at
-//! once never fire twice; the filter works; bad input is 422.
+//! once never fire twice, and the counts behind `gito_devices` follow; the filter works; bad input
+//! is 422.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -311,6 +312,12 @@ async fn two_sweepers_at_once_flip_each_device_and_open_each_alert_exactly_once(
     .await
     .expect("connectivity");
 
+    let counts = |online, offline| gito_api::sweeper::DeviceCounts { online, offline };
+    let before = gito_api::sweeper::device_counts(&app.pool)
+        .await
+        .expect("counts");
+    assert_eq!(before, counts(300, 0), "online until swept");
+
     let mut offline = Vec::new();
     let mut opened = Vec::new();
     let mut skipped = 0;
@@ -353,6 +360,10 @@ async fn two_sweepers_at_once_flip_each_device_and_open_each_alert_exactly_once(
         .await
         .expect("count");
     assert_eq!(count, 300);
+    let after = gito_api::sweeper::device_counts(&app.pool)
+        .await
+        .expect("counts");
+    assert_eq!(after, counts(0, 300), "what gito_devices reports");
     // Both ran at once many times; one of them stood aside at least sometimes.
     assert!(
         skipped > 0,
