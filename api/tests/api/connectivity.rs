@@ -493,3 +493,40 @@ async fn bad_timeouts_kinds_and_filters_are_refused_precisely() {
         (StatusCode::OK, Some(0))
     );
 }
+
+#[tokio::test]
+async fn downgrading_010_refuses_while_offline_or_stale_rules_exist_and_changes_nothing() {
+    use gito_api::migrate::{self, Catalog, DownTarget};
+
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("t").await;
+    let rule = created(
+        &app,
+        &format!("/tenants/{tenant}/alert-rules"),
+        json!({ "name": "dead", "kind": "stale", "after_secs": 60 }),
+    )
+    .await;
+    let error = migrate::down(&app.db_url, Catalog::embedded(), DownTarget::Steps(1))
+        .await
+        .expect_err("must refuse");
+    assert!(
+        error
+            .to_string()
+            .contains("cannot downgrade: 1 alert rule(s) of kind offline or stale exist"),
+        "{error}"
+    );
+    let (status, _) = app
+        .get(&format!("/tenants/{tenant}/alert-rules/{}", id_of(&rule)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "nothing deleted");
+
+    assert_eq!(
+        app.delete(&format!("/tenants/{tenant}/alert-rules/{}", id_of(&rule)))
+            .await,
+        StatusCode::NO_CONTENT
+    );
+    let reverted = migrate::down(&app.db_url, Catalog::embedded(), DownTarget::Steps(1))
+        .await
+        .expect("down once the rules are gone");
+    assert_eq!(reverted[0].name, "010_device_connectivity");
+}
