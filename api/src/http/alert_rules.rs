@@ -119,54 +119,12 @@ async fn create(
         ));
     }
     let kind = alerts::kind(body.kind.as_deref().unwrap_or("metric"))?;
-    let (metric, op, threshold, after_secs) = if kind == "metric" {
-        let missing = |field: &str| {
-            ApiError::unprocessable("invalid_field", format!("a metric rule needs {field}"))
-        };
-        if body.after_secs.is_some() {
-            return Err(ApiError::unprocessable(
-                "invalid_field",
-                "after_secs is for rules of kind offline or stale",
-            ));
-        }
-        let metric = body.metric.as_deref().ok_or_else(|| missing("metric"))?;
-        let op = body
-            .operator
-            .as_deref()
-            .ok_or_else(|| missing("operator"))?;
-        let threshold = body.threshold.ok_or_else(|| missing("threshold"))?;
-        (
-            Some(fields::text("metric", metric, MAX_NAME_CHARS)?),
-            Some(operator(op)?),
-            Some(finite(threshold)?),
-            None,
-        )
-    } else {
-        if body.metric.is_some() || body.operator.is_some() || body.threshold.is_some() {
-            return Err(ApiError::unprocessable(
-                "invalid_field",
-                format!("a rule of kind {kind} takes no metric, operator or threshold"),
-            ));
-        }
-        if kind == "stale" && scoped > 0 {
-            return Err(ApiError::unprocessable(
-                "invalid_field",
-                "a rule of kind stale watches the whole tenant: no device_id, device_type_id or device_type",
-            ));
-        }
-        let after = body.after_secs.ok_or_else(|| {
-            ApiError::unprocessable(
-                "invalid_field",
-                format!("a rule of kind {kind} needs after_secs"),
-            )
-        })?;
-        (
-            None,
-            None,
-            None,
-            Some(alerts::seconds("after_secs", after)?),
-        )
-    };
+    let Condition {
+        metric,
+        operator: op,
+        threshold,
+        after_secs,
+    } = condition(kind, &body, scoped)?;
     let rule = sqlx::query_as!(
         AlertRule,
         "INSERT INTO alert_rules (id, tenant_id, name, kind, metric, operator, threshold, after_secs,
@@ -189,6 +147,65 @@ async fn create(
     .fetch_one(&state.pool)
     .await?;
     Ok((StatusCode::CREATED, Json(rule)))
+}
+
+/// What a new rule compares, by kind: `metric`, `operator` and `threshold` for a metric rule,
+/// `after_secs` for the others; anything else given is 422.
+#[derive(Debug, Default)]
+struct Condition {
+    metric: Option<String>,
+    operator: Option<String>,
+    threshold: Option<f64>,
+    after_secs: Option<i32>,
+}
+
+fn condition(kind: &str, body: &NewRule, scoped: usize) -> Result<Condition, ApiError> {
+    if kind == "metric" {
+        let missing = |field: &str| {
+            ApiError::unprocessable("invalid_field", format!("a metric rule needs {field}"))
+        };
+        if body.after_secs.is_some() {
+            return Err(ApiError::unprocessable(
+                "invalid_field",
+                "after_secs is for rules of kind offline or stale",
+            ));
+        }
+        let metric = body.metric.as_deref().ok_or_else(|| missing("metric"))?;
+        let op = body
+            .operator
+            .as_deref()
+            .ok_or_else(|| missing("operator"))?;
+        let threshold = body.threshold.ok_or_else(|| missing("threshold"))?;
+        Ok(Condition {
+            metric: Some(fields::text("metric", metric, MAX_NAME_CHARS)?),
+            operator: Some(operator(op)?),
+            threshold: Some(finite(threshold)?),
+            after_secs: None,
+        })
+    } else {
+        if body.metric.is_some() || body.operator.is_some() || body.threshold.is_some() {
+            return Err(ApiError::unprocessable(
+                "invalid_field",
+                format!("a rule of kind {kind} takes no metric, operator or threshold"),
+            ));
+        }
+        if kind == "stale" && scoped > 0 {
+            return Err(ApiError::unprocessable(
+                "invalid_field",
+                "a rule of kind stale watches the whole tenant: no device_id, device_type_id or device_type",
+            ));
+        }
+        let after = body.after_secs.ok_or_else(|| {
+            ApiError::unprocessable(
+                "invalid_field",
+                format!("a rule of kind {kind} needs after_secs"),
+            )
+        })?;
+        Ok(Condition {
+            after_secs: Some(alerts::seconds("after_secs", after)?),
+            ..Condition::default()
+        })
+    }
 }
 
 fn finite(threshold: f64) -> Result<f64, ApiError> {
