@@ -195,6 +195,10 @@ pub struct ServeConfig {
     /// Serve live WebSocket updates, fanned out from the broker.
     #[arg(long, env = "GITO_LIVE", default_value = "on", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub live: bool,
+    /// A device that sent nothing for this long is offline (unless its device type sets its own
+    /// `offline_after_secs`), e.g. `10m`.
+    #[arg(long, env = "GITO_DEVICE_OFFLINE_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub device_offline_after: Duration,
     #[command(flatten)]
     pub mqtt: MqttConfig,
 }

@@ -5,7 +5,8 @@
 //! Layers: `http` (the REST API and the WebSocket) and `processor` (MQTT → PostgreSQL) both
 //! build on `domain` (alerts, telemetry schemas, field rules); the processor never imports
 //! `http`, and `http` calls into the processor only to replay dead letters through its storing
-//! path. `startup` wires them together under one supervisor.
+//! path. `sweeper` (online/offline, offline and staleness rules) builds on the processor's
+//! announcements and the database. `startup` wires them together under one supervisor.
 
 pub mod auth;
 pub mod bootstrap;
@@ -19,3 +20,4 @@ pub mod migrate;
 pub mod processor;
 pub mod startup;
 pub mod status;
+pub mod sweeper;

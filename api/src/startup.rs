@@ -1,6 +1,7 @@
 //! Boot order for `gito-api serve`: migrate (on one dedicated connection), open the pool, bind;
-//! then serve HTTP, process telemetry, fan out live events and listen for token revocations as
-//! supervised tasks, until shutdown or until one of them ends (then the process exits non-zero).
+//! then serve HTTP, process telemetry, fan out live events, sweep device connectivity and listen
+//! for token revocations as supervised tasks, until shutdown or until one of them ends (then the
+//! process exits non-zero).
 //! Split into `build` and `run` so tests can bind port 0 and learn it.
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::http::{self, AppState, Limits, Live, TokenCache, token_cache};
 use crate::migrate::{self, Catalog};
 use crate::processor::{self, ProcessorConfig};
 use crate::status::{self, Health};
+use crate::sweeper::{self, SweeperConfig};
 
 pub struct Server {
     listener: TcpListener,
@@ -29,6 +31,7 @@ pub struct Server {
     pool: PgPool,
     processor: Option<ProcessorConfig>,
     live: Option<(Live, MqttOptions)>,
+    sweeper: SweeperConfig,
     tokens: Arc<TokenCache>,
     health: Health,
     /// The token listener's own connection: named apart, so an operator can tell it.
@@ -140,6 +143,13 @@ impl Server {
             let live = Live::new(config.ws_send_timeout);
             (live, config.mqtt.mqtt_url.options(&client_id))
         });
+        let sweeper = SweeperConfig {
+            offline_after: config.device_offline_after,
+            mqtt: config
+                .mqtt
+                .mqtt_url
+                .options(&format!("gito-api-sweeper-{}", Uuid::new_v4().simple())),
+        };
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;
@@ -175,6 +185,7 @@ impl Server {
             pool,
             processor,
             live,
+            sweeper,
             tokens,
             health,
             listener_options: config
@@ -192,7 +203,7 @@ impl Server {
 
     /// Serves (and processes, unless disabled) until `shutdown`, then stops the tasks in order:
     /// HTTP first (in-flight requests finish), then the processor (its batch commits), the live
-    /// fan-out, the token listener. An error if any task ended on its own.
+    /// fan-out, the connectivity sweeper, the token listener. An error if any task ended on its own.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "gito-api listening");
         let Server {
@@ -201,6 +212,7 @@ impl Server {
             pool,
             processor,
             live,
+            sweeper,
             tokens,
             health,
             listener_options,
@@ -224,6 +236,10 @@ impl Server {
             tasks.spawn("live", move |stop| {
                 live.fan_out(options, health, !processing, stop)
             });
+        }
+        {
+            let pool = pool.clone();
+            tasks.spawn("sweeper", |stop| sweeper::run(sweeper, pool, stop));
         }
         tasks.spawn("token_listener", |stop| {
             token_cache::listen(tokens, listener_options, pool, health, stop)

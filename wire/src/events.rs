@@ -1,5 +1,5 @@
-//! What WebSocket clients receive, and what the processor announces on an
-//! [`AlertsTopic`](crate::AlertsTopic): one JSON object per event, told apart by `"type"`.
+//! What WebSocket clients receive, and what the processor and the connectivity sweeper announce
+//! on an [`AlertsTopic`](crate::AlertsTopic): one JSON object per event, told apart by `"type"`.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,7 @@ use crate::envelope::MetricValue;
 pub enum LiveEvent {
     Telemetry(TelemetryEvent),
     Alert(AlertEvent),
+    Connectivity(ConnectivityEvent),
 }
 
 impl LiveEvent {
@@ -21,13 +22,16 @@ impl LiveEvent {
         match self {
             LiveEvent::Telemetry(t) => t.tenant_id,
             LiveEvent::Alert(a) => a.alert.tenant_id,
+            LiveEvent::Connectivity(c) => c.tenant_id,
         }
     }
 
-    pub fn device_id(&self) -> Uuid {
+    /// The device the event concerns; `None` for a tenant-level alert (a staleness rule's).
+    pub fn device_id(&self) -> Option<Uuid> {
         match self {
-            LiveEvent::Telemetry(t) => t.device_id,
+            LiveEvent::Telemetry(t) => Some(t.device_id),
             LiveEvent::Alert(a) => a.alert.device_id,
+            LiveEvent::Connectivity(c) => Some(c.device_id),
         }
     }
 
@@ -67,7 +71,8 @@ pub struct Alert {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub rule_id: Uuid,
-    pub device_id: Uuid,
+    /// `null` for an alert of a tenant-level rule (kind `stale`).
+    pub device_id: Option<Uuid>,
     pub value: f64,
     /// `open`, `acknowledged` or `resolved`.
     pub state: String,
@@ -77,4 +82,41 @@ pub struct Alert {
     pub acknowledged_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub resolved_at: Option<OffsetDateTime>,
+}
+
+/// Whether a device is heard from: `offline` once nothing arrived for its inactivity timeout (or
+/// never anything), `online` again with its next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Connectivity {
+    Online,
+    Offline,
+}
+
+impl Connectivity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Connectivity::Online => "online",
+            Connectivity::Offline => "offline",
+        }
+    }
+
+    pub fn of(online: bool) -> Connectivity {
+        if online {
+            Connectivity::Online
+        } else {
+            Connectivity::Offline
+        }
+    }
+}
+
+/// A device went online or offline, at `at` (the database's clock).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectivityEvent {
+    pub tenant_id: Uuid,
+    pub device_id: Uuid,
+    pub connectivity: Connectivity,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
 }

@@ -12,6 +12,8 @@ pub mod topic;
 
 pub use device_events::DeviceEvent;
 pub use envelope::{Envelope, Invalid, MetricValue};
-pub use events::{Alert, AlertChange, AlertEvent, LiveEvent, TelemetryEvent};
+pub use events::{
+    Alert, AlertChange, AlertEvent, Connectivity, ConnectivityEvent, LiveEvent, TelemetryEvent,
+};
 pub use limits::TextError;
 pub use topic::{AlertsTopic, DeviceEventsTopic, TelemetryTopic};

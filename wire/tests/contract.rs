@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 const ENVELOPE: &str = include_str!("../golden/envelope.json");
 const TELEMETRY_EVENT: &str = include_str!("../golden/telemetry_event.json");
 const ALERT_EVENT: &str = include_str!("../golden/alert_event.json");
+const CONNECTIVITY_EVENT: &str = include_str!("../golden/connectivity_event.json");
 const ARCHITECTURE: &str = include_str!("../../docs/ARCHITECTURE.md");
 
 fn json(text: &str) -> Value {
@@ -30,7 +31,7 @@ fn the_golden_envelope_parses_and_serializes_back_to_itself() {
 
 #[test]
 fn the_golden_live_events_parse_and_serialize_back_to_themselves() {
-    for golden in [TELEMETRY_EVENT, ALERT_EVENT] {
+    for golden in [TELEMETRY_EVENT, ALERT_EVENT, CONNECTIVITY_EVENT] {
         let event: LiveEvent = serde_json::from_str(golden).expect("a live event");
         let back: Value = serde_json::from_str(&event.to_json()).expect("JSON");
         assert_eq!(back, json(golden), "{golden}");
@@ -47,6 +48,7 @@ fn docs_quote_the_golden_examples_verbatim() {
         ("envelope.json", ENVELOPE),
         ("telemetry_event.json", TELEMETRY_EVENT),
         ("alert_event.json", ALERT_EVENT),
+        ("connectivity_event.json", CONNECTIVITY_EVENT),
     ] {
         assert!(
             ARCHITECTURE.contains(golden.trim_end()),

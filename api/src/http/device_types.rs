@@ -32,6 +32,10 @@ pub struct DeviceType {
     pub description: Option<String>,
     #[schema(value_type = Option<TelemetrySchema>)]
     pub telemetry_schema: Option<Jsonb<TelemetrySchema>>,
+    /// Seconds without a message after which a device of this type is offline; `null`: the
+    /// instance's default (`GITO_DEVICE_OFFLINE_AFTER`).
+    #[schema(minimum = 1, maximum = 2592000)]
+    pub offline_after_secs: Option<i32>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -60,6 +64,8 @@ struct NewDeviceType {
     #[schema(value_type = Option<Description>)]
     description: Option<String>,
     telemetry_schema: Option<TelemetrySchema>,
+    #[schema(minimum = 1, maximum = 2592000)]
+    offline_after_secs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -77,6 +83,9 @@ struct DeviceTypePatch {
     description: Option<Option<String>>,
     #[serde(default, deserialize_with = "fields::patch")]
     telemetry_schema: Option<Option<TelemetrySchema>>,
+    #[serde(default, deserialize_with = "fields::patch")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 2592000)]
+    offline_after_secs: Option<Option<i64>>,
 }
 
 /// Create a device type
@@ -84,7 +93,9 @@ struct DeviceTypePatch {
 /// Answers 201 with the new device type; its name is unique in the tenant (a duplicate is 409).
 /// `telemetry_schema` maps each metric name to its optional `unit`, `min` and `max` (`min` above
 /// `max` is 422); the processor flags values of devices of this type that it does not list or that
-/// fall outside min/max.
+/// fall outside min/max. `offline_after_secs` (1 to 2592000, i.e. 30 days) is how long a device
+/// of this type may stay silent before it is `offline`; absent or `null`, the instance's default
+/// (`GITO_DEVICE_OFFLINE_AFTER`) applies. Zero, negative or larger values are 422.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/device-types", tag = "device types", params(TenantPath), request_body = NewDeviceType,
     responses((status = 201, description = "Created", body = DeviceType)))]
 async fn create(
@@ -101,18 +112,21 @@ async fn create(
     if let Some(schema) = &body.telemetry_schema {
         schema.validate()?;
     }
+    let offline_after = body.offline_after_secs.map(offline_after).transpose()?;
     let row = sqlx::query_as!(
         DeviceType,
-        r#"INSERT INTO device_types (id, tenant_id, name, description, telemetry_schema)
-           VALUES ($1, $2, $3, $4, $5)
+        r#"INSERT INTO device_types (id, tenant_id, name, description, telemetry_schema,
+                                     offline_after_secs)
+           VALUES ($1, $2, $3, $4, $5, $6)
            RETURNING id, tenant_id, name, description,
                      telemetry_schema AS "telemetry_schema: Jsonb<TelemetrySchema>",
-                     created_at, updated_at"#,
+                     offline_after_secs, created_at, updated_at"#,
         Uuid::now_v7(),
         tenant_id,
         name,
         description,
-        body.telemetry_schema.map(Jsonb) as _
+        body.telemetry_schema.map(Jsonb) as _,
+        offline_after
     )
     .fetch_one(&state.pool)
     .await?;
@@ -135,7 +149,7 @@ async fn list(
         DeviceType,
         r#"SELECT id, tenant_id, name, description,
                   telemetry_schema AS "telemetry_schema: Jsonb<TelemetrySchema>",
-                  created_at, updated_at
+                  offline_after_secs, created_at, updated_at
            FROM device_types
            WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"#,
         tenant_id,
@@ -160,7 +174,7 @@ async fn read(
         DeviceType,
         r#"SELECT id, tenant_id, name, description,
                   telemetry_schema AS "telemetry_schema: Jsonb<TelemetrySchema>",
-                  created_at, updated_at
+                  offline_after_secs, created_at, updated_at
            FROM device_types WHERE tenant_id = $1 AND id = $2"#,
         tenant_id,
         id
@@ -175,7 +189,9 @@ async fn read(
 ///
 /// Absent fields are kept; `null` clears `description` or `telemetry_schema`, while `"name": null`
 /// is 422. A new `telemetry_schema` replaces the old one as a whole, and a name another device type
-/// of the tenant has is 409. Answers 200 with the device type as stored.
+/// of the tenant has is 409. `offline_after_secs` (1 to 2592000, or `null` for the default)
+/// applies to the type's online devices at the sweeper's next tick. Answers 200 with the device
+/// type as stored.
 #[utoipa::path(patch, path = "/tenants/{tenant_id}/device-types/{id}", tag = "device types", params(ItemPath), request_body = DeviceTypePatch,
     responses((status = 200, description = "The updated device type", body = DeviceType)))]
 async fn update(
@@ -191,29 +207,56 @@ async fn update(
     if let Some(Some(schema)) = &body.telemetry_schema {
         schema.validate()?;
     }
-    sqlx::query_as!(
+    let offline_after = body
+        .offline_after_secs
+        .flatten()
+        .map(offline_after)
+        .transpose()?;
+    let mut tx = state.pool.begin().await?;
+    let row = sqlx::query_as!(
         DeviceType,
         r#"UPDATE device_types SET
                name = COALESCE($3, name),
                description = CASE WHEN $4 THEN $5 ELSE description END,
                telemetry_schema = CASE WHEN $6 THEN $7 ELSE telemetry_schema END,
+               offline_after_secs = CASE WHEN $8 THEN $9 ELSE offline_after_secs END,
                updated_at = now()
            WHERE tenant_id = $1 AND id = $2
            RETURNING id, tenant_id, name, description,
                      telemetry_schema AS "telemetry_schema: Jsonb<TelemetrySchema>",
-                     created_at, updated_at"#,
+                     offline_after_secs, created_at, updated_at"#,
         tenant_id,
         id,
         name,
         body.description.is_some(),
         description,
         body.telemetry_schema.is_some(),
-        body.telemetry_schema.flatten().map(Jsonb) as _
+        body.telemetry_schema.flatten().map(Jsonb) as _,
+        body.offline_after_secs.is_some(),
+        offline_after
     )
-    .fetch_optional(&state.pool)
+    .fetch_optional(&mut *tx)
     .await?
-    .map(Json)
-    .ok_or(ApiError::NotFound("device type"))
+    .ok_or(ApiError::NotFound("device type"))?;
+    if body.offline_after_secs.is_some() {
+        // A shorter timeout must not wait for the old deadline: the sweeper looks again now.
+        sqlx::query!(
+            "UPDATE device_connectivity c SET check_at = now()
+             FROM devices d
+             WHERE d.id = c.device_id AND d.tenant_id = $1 AND d.device_type_id = $2
+               AND c.check_at > now()",
+            tenant_id,
+            id
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Json(row))
+}
+
+fn offline_after(secs: i64) -> Result<i32, ApiError> {
+    Ok(crate::domain::alerts::seconds("offline_after_secs", secs)?)
 }
 
 /// Delete a device type

@@ -15,6 +15,7 @@ use super::fields::{self, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS};
 use super::openapi::{ExternalId, ItemPath, Name, TenantPath};
 use super::page::{self, Keyed, Page};
 use super::{AppState, tenants};
+use gito_wire::Connectivity;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -36,6 +37,10 @@ pub struct Device {
     pub status: String,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_seen_at: Option<OffsetDateTime>,
+    /// `online` while messages arrive; `offline` once nothing arrived for the device type's
+    /// `offline_after_secs` (or `GITO_DEVICE_OFFLINE_AFTER`), and for a device never heard from.
+    #[schema(pattern = "^(online|offline)$")]
+    pub connectivity: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -111,6 +116,9 @@ struct DeviceFilter {
     #[serde(default)]
     unassigned: bool,
     external_id: Option<String>,
+    /// Only `online` or only `offline` devices.
+    #[param(value_type = Option<String>, pattern = "^(online|offline)$")]
+    connectivity: Option<Connectivity>,
 }
 
 /// Create or find a device by external_id
@@ -140,13 +148,22 @@ async fn create(
     // returns the existing row, and `xmax = 0` tells a fresh insert from it.
     let row = sqlx::query_as!(
         Upserted,
-        r#"INSERT INTO devices (id, tenant_id, name, external_id, device_type, device_type_id,
-                               organization_id, site_id, device_group_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-           ON CONFLICT (tenant_id, external_id) DO UPDATE SET external_id = EXCLUDED.external_id
-           RETURNING id, tenant_id, name, external_id, device_type, device_type_id,
-                     organization_id, site_id, device_group_id, status, last_seen_at,
-                     created_at, updated_at, (xmax = 0) AS "created!""#,
+        r#"WITH d AS (
+               INSERT INTO devices (id, tenant_id, name, external_id, device_type, device_type_id,
+                                    organization_id, site_id, device_group_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (tenant_id, external_id) DO UPDATE SET external_id = EXCLUDED.external_id
+               RETURNING id, tenant_id, name, external_id, device_type, device_type_id,
+                         organization_id, site_id, device_group_id, status, last_seen_at,
+                         created_at, updated_at, (xmax = 0) AS created
+           )
+           SELECT d.id AS "id!", d.tenant_id AS "tenant_id!", d.name AS "name!", d.external_id,
+                  d.device_type, d.device_type_id, d.organization_id, d.site_id, d.device_group_id,
+                  d.status AS "status!", d.last_seen_at,
+                  CASE WHEN c.check_at IS NULL THEN 'offline' ELSE 'online' END AS "connectivity!",
+                  d.created_at AS "created_at!", d.updated_at AS "updated_at!",
+                  d.created AS "created!"
+           FROM d LEFT JOIN device_connectivity c ON c.device_id = d.id"#,
         Uuid::now_v7(),
         tenant_id,
         name,
@@ -172,7 +189,7 @@ async fn create(
 /// One page of the tenant's devices in creation order: pass `limit` (1–1000, default 100) and the
 /// previous page's `next_cursor` as `cursor` for the next page. The filters combine: `device_type`
 /// (the free-text label), `device_type_id`, `unassigned=true` (no `device_type_id` yet, whatever
-/// the label) and `external_id`, each an exact match.
+/// the label), `external_id`, each an exact match, and `connectivity` (`online` or `offline`).
 #[utoipa::path(get, path = "/tenants/{tenant_id}/devices", tag = "devices", params(TenantPath, DeviceFilter),
     responses((status = 200, description = "One page, oldest first", body = Page<Device>)))]
 async fn list(
@@ -183,22 +200,26 @@ async fn list(
     let limit = page::limit(filter.limit)?;
     let rows = sqlx::query_as!(
         Device,
-        "SELECT id, tenant_id, name, external_id, device_type, device_type_id, organization_id,
-                site_id, device_group_id, status, last_seen_at, created_at, updated_at
-         FROM devices
-         WHERE tenant_id = $1
-           AND ($2::uuid IS NULL OR id > $2)
-           AND ($3::text IS NULL OR device_type = $3)
-           AND ($4::uuid IS NULL OR device_type_id = $4)
-           AND (NOT $5 OR device_type_id IS NULL)
-           AND ($6::text IS NULL OR external_id = $6)
-         ORDER BY id LIMIT $7",
+        r#"SELECT d.id, d.tenant_id, d.name, d.external_id, d.device_type, d.device_type_id,
+                  d.organization_id, d.site_id, d.device_group_id, d.status, d.last_seen_at,
+                  CASE WHEN c.check_at IS NULL THEN 'offline' ELSE 'online' END AS "connectivity!",
+                  d.created_at, d.updated_at
+           FROM devices d LEFT JOIN device_connectivity c ON c.device_id = d.id
+           WHERE d.tenant_id = $1
+             AND ($2::uuid IS NULL OR d.id > $2)
+             AND ($3::text IS NULL OR d.device_type = $3)
+             AND ($4::uuid IS NULL OR d.device_type_id = $4)
+             AND (NOT $5 OR d.device_type_id IS NULL)
+             AND ($6::text IS NULL OR d.external_id = $6)
+             AND ($7::bool IS NULL OR (c.check_at IS NOT NULL) = $7)
+           ORDER BY d.id LIMIT $8"#,
         tenant_id,
         page::cursor(filter.cursor.as_deref())?,
         filter.device_type,
         filter.device_type_id,
         filter.unassigned,
         filter.external_id,
+        filter.connectivity.map(|c| c == Connectivity::Online),
         limit + 1
     )
     .fetch_all(&state.pool)
@@ -217,9 +238,12 @@ async fn read(
 ) -> Result<Json<Device>, ApiError> {
     sqlx::query_as!(
         Device,
-        "SELECT id, tenant_id, name, external_id, device_type, device_type_id, organization_id,
-                site_id, device_group_id, status, last_seen_at, created_at, updated_at
-         FROM devices WHERE tenant_id = $1 AND id = $2",
+        r#"SELECT d.id, d.tenant_id, d.name, d.external_id, d.device_type, d.device_type_id,
+                  d.organization_id, d.site_id, d.device_group_id, d.status, d.last_seen_at,
+                  CASE WHEN c.check_at IS NULL THEN 'offline' ELSE 'online' END AS "connectivity!",
+                  d.created_at, d.updated_at
+           FROM devices d LEFT JOIN device_connectivity c ON c.device_id = d.id
+           WHERE d.tenant_id = $1 AND d.id = $2"#,
         tenant_id,
         id
     )
@@ -248,21 +272,36 @@ async fn update(
         Some(Some(t)) => Some(fields::text("device_type", t, MAX_NAME_CHARS)?),
         _ => None,
     };
+    // A new type may have a shorter inactivity timeout: the sweeper then looks again at once.
     sqlx::query_as!(
         Device,
-        "UPDATE devices SET
-             name = COALESCE($3, name),
-             status = COALESCE($4, status),
-             device_type = CASE WHEN $5 THEN $6 ELSE device_type END,
-             device_type_id = CASE WHEN $7 THEN $8 ELSE device_type_id END,
-             organization_id = CASE WHEN $9 THEN $10 ELSE organization_id END,
-             site_id = CASE WHEN $11 THEN $12 ELSE site_id END,
-             device_group_id = CASE WHEN $13 THEN $14 ELSE device_group_id END,
-             updated_at = now()
-         WHERE tenant_id = $1 AND id = $2
-         RETURNING id, tenant_id, name, external_id, device_type, device_type_id,
-                   organization_id, site_id, device_group_id, status, last_seen_at,
-                   created_at, updated_at",
+        r#"WITH d AS (
+               UPDATE devices SET
+                   name = COALESCE($3, name),
+                   status = COALESCE($4, status),
+                   device_type = CASE WHEN $5 THEN $6 ELSE device_type END,
+                   device_type_id = CASE WHEN $7 THEN $8 ELSE device_type_id END,
+                   organization_id = CASE WHEN $9 THEN $10 ELSE organization_id END,
+                   site_id = CASE WHEN $11 THEN $12 ELSE site_id END,
+                   device_group_id = CASE WHEN $13 THEN $14 ELSE device_group_id END,
+                   updated_at = now()
+               WHERE tenant_id = $1 AND id = $2
+               RETURNING id, tenant_id, name, external_id, device_type, device_type_id,
+                         organization_id, site_id, device_group_id, status, last_seen_at,
+                         created_at, updated_at
+           ), rearmed AS (
+               UPDATE device_connectivity SET check_at = now()
+               WHERE $7 AND device_id IN (SELECT id FROM d) AND check_at > now()
+               RETURNING device_id, check_at
+           )
+           SELECT d.id AS "id!", d.tenant_id AS "tenant_id!", d.name AS "name!", d.external_id,
+                  d.device_type, d.device_type_id, d.organization_id, d.site_id, d.device_group_id,
+                  d.status AS "status!", d.last_seen_at,
+                  CASE WHEN COALESCE(r.check_at, c.check_at) IS NULL THEN 'offline' ELSE 'online' END
+                      AS "connectivity!",
+                  d.created_at AS "created_at!", d.updated_at AS "updated_at!"
+           FROM d LEFT JOIN device_connectivity c ON c.device_id = d.id
+                  LEFT JOIN rearmed r ON r.device_id = d.id"#,
         tenant_id,
         id,
         name,
@@ -317,6 +356,7 @@ struct Upserted {
     device_group_id: Option<Uuid>,
     status: String,
     last_seen_at: Option<OffsetDateTime>,
+    connectivity: String,
     created_at: OffsetDateTime,
     updated_at: OffsetDateTime,
     created: bool,
@@ -336,6 +376,7 @@ impl From<Upserted> for Device {
             device_group_id: u.device_group_id,
             status: u.status,
             last_seen_at: u.last_seen_at,
+            connectivity: u.connectivity,
             created_at: u.created_at,
             updated_at: u.updated_at,
         }

@@ -1,5 +1,5 @@
 //! Live updates over WebSocket: `GET /tenants/{tenant_id}/ws[?device_id=]` streams that tenant's
-//! telemetry and alert events. Every API replica fans out from the broker itself (not only the
+//! telemetry, alert and connectivity events. Every API replica fans out from the broker itself (not only the
 //! one that wrote), through a broadcast channel that never waits for a client: a client that
 //! falls behind is disconnected instead of slowing anything down, and so is one that stops
 //! reading (a send that cannot finish within `GITO_WS_SEND_TIMEOUT`). A socket opened with a
@@ -52,7 +52,8 @@ pub struct Live {
 #[derive(Debug, Clone)]
 struct Fanned {
     tenant_id: Uuid,
-    device_id: Uuid,
+    /// `None` for a tenant-level alert: only clients without a device filter get it.
+    device_id: Option<Uuid>,
     json: Arc<str>,
 }
 
@@ -67,7 +68,7 @@ impl Live {
         }
     }
 
-    /// Subscribes to every tenant's telemetry and alerts (QoS 0: live views want the present)
+    /// Subscribes to every tenant's telemetry and events (alerts, connectivity; QoS 0: live views want the present)
     /// and hands each event to the connected clients, until `stop` (a supervised task).
     /// `health`: `live` up while connected, and `broker` too if `reports_broker` (no processor).
     pub async fn fan_out(
@@ -160,11 +161,13 @@ struct LiveFilter {
     _token: Option<String>,
 }
 
-/// Stream the tenant's telemetry and alerts over a WebSocket
+/// Stream the tenant's telemetry, alerts and connectivity over a WebSocket
 ///
 /// Upgrades to a WebSocket (101) that pushes each of the tenant's live events as a JSON text
-/// message: `{"type": "telemetry", ...}` and `{"type": "alert", "event": "opened" | "resolved",
-/// "alert": {...}}`; `device_id` keeps one device's (404 if it is not the tenant's). Browsers,
+/// message: `{"type": "telemetry", ...}`, `{"type": "alert", "event": "opened" | "resolved",
+/// "alert": {...}}` and `{"type": "connectivity", "device_id": ..., "connectivity": "online" |
+/// "offline", "at": ...}`; `device_id` keeps one device's (404 if it is not the tenant's; alerts
+/// of tenant-level rules, which have no device, are then left out). Browsers,
 /// which cannot set headers here, may pass the token as `?token=`. A client that falls behind is
 /// closed with 1013 (try again) and should reconnect, one that stops reading is dropped; a socket
 /// opened with a tenant token is closed with 1008 ("token revoked") within a second of the
@@ -214,7 +217,8 @@ struct Client {
 
 impl Client {
     fn wants(&self, event: &Fanned) -> bool {
-        event.tenant_id == self.tenant_id && self.device_id.is_none_or(|d| d == event.device_id)
+        event.tenant_id == self.tenant_id
+            && self.device_id.is_none_or(|d| event.device_id == Some(d))
     }
 }
 

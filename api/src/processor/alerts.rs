@@ -31,9 +31,9 @@ pub async fn rules_for(
 ) -> Result<Vec<AlertRule>, sqlx::Error> {
     sqlx::query_as!(
         AlertRule,
-        "SELECT id, tenant_id, name, metric, operator, threshold, device_id, device_type_id,
-                device_type, created_at, updated_at
-         FROM alert_rules WHERE tenant_id = ANY($1)",
+        "SELECT id, tenant_id, name, kind, metric, operator, threshold, after_secs, device_id,
+                device_type_id, device_type, created_at, updated_at
+         FROM alert_rules WHERE tenant_id = ANY($1) AND kind = 'metric'",
         tenants
     )
     .fetch_all(conn)
@@ -41,7 +41,7 @@ pub async fn rules_for(
 }
 
 fn applies(rule: &AlertRule, sample: &Sample<'_>) -> bool {
-    rule.metric == sample.metric
+    rule.metric.as_deref() == Some(sample.metric)
         && rule.tenant_id == sample.device.tenant_id
         && rule.device_id.is_none_or(|d| d == sample.device_id)
         && rule

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gito_runtime::Backoff;
-use gito_wire::{AlertEvent, Envelope, Invalid, TelemetryTopic};
+use gito_wire::{Envelope, Invalid, LiveEvent, TelemetryTopic};
 use rumqttc::Publish;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -27,6 +27,7 @@ use super::counters::Counters;
 use super::dead_letters::{self, DeadLetter, Reason, UNKNOWN_DEVICE};
 use super::devices::{DeviceCache, DeviceInfo, Known};
 use super::failure::{self, is_foreign_key_violation, is_transient};
+use super::heard;
 use super::store::{self, Checked, Stored};
 use crate::status::{Health, PROCESSOR};
 
@@ -120,8 +121,8 @@ impl Batcher {
     }
 
     /// Stores every message of `batch` that can be stored and keeps the others as dead letters;
-    /// returns the alert changes. `None` if shutdown came first (nothing may be acknowledged).
-    pub async fn process(&mut self, batch: &[Incoming]) -> Option<Vec<AlertEvent>> {
+    /// returns the alert and connectivity changes. `None` if shutdown came first (nothing may be acknowledged).
+    pub async fn process(&mut self, batch: &[Incoming]) -> Option<Vec<LiveEvent>> {
         Counters::add(&self.counters.messages, batch.len() as u64);
         metrics::histogram!("gito_processor_batch_size").record(batch.len() as f64);
         let redelivered = batch.iter().filter(|m| m.publish.dup).count();
@@ -168,7 +169,7 @@ impl Batcher {
         &mut self,
         good: &[(&Incoming, Checked<'_>)],
         dead: &mut Vec<DeadLetter>,
-    ) -> Option<Vec<AlertEvent>> {
+    ) -> Option<Vec<LiveEvent>> {
         let mut events = Vec::new();
         let mut alive = vec![true; good.len()];
         let mut isolating = false;
@@ -386,7 +387,12 @@ impl Retry {
 
 async fn store_in_transaction(pool: &PgPool, group: &[Checked<'_>]) -> Result<Stored, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let stored = store::store(&mut tx, group).await?;
+    let mut stored = store::store(&mut tx, group).await?;
+    let devices = group
+        .iter()
+        .map(|c| (c.device_id, c.device.tenant_id))
+        .collect();
+    stored.events.extend(heard::heard(&mut tx, &devices).await?);
     tx.commit().await?;
     Ok(stored)
 }

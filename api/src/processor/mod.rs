@@ -12,6 +12,7 @@ mod counters;
 pub mod dead_letters;
 pub mod devices;
 mod failure;
+mod heard;
 mod intake;
 pub mod store;
 mod watch;
@@ -136,15 +137,8 @@ pub async fn run(
         let Some(events) = batcher.process(&batch).await else {
             break;
         };
-        for event in events {
-            let topic = AlertsTopic {
-                tenant_id: event.alert.tenant_id,
-            };
-            let payload = LiveEvent::Alert(event).to_json().into_bytes();
-            if let Err(e) = client.try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
-            {
-                tracing::warn!(error = %e, "could not publish an alert event");
-            }
+        for event in &events {
+            publish(&client, event);
         }
         for message in &batch {
             let _ = acks_tx.send(Ack::of(&message.publish));
@@ -164,6 +158,19 @@ pub async fn run(
     health.down(status::PROCESSOR, "stopped");
     tracing::info!(counters = counters.summary(), "processor stopped");
     polled
+}
+
+/// Announces a live event (an alert or connectivity change) on its tenant's events topic
+/// (`{tenant_id}/alerts`), for every API replica's WebSocket clients. Best effort: live views
+/// want the present, and the change itself is committed.
+pub fn publish(client: &AsyncClient, event: &LiveEvent) {
+    let topic = AlertsTopic {
+        tenant_id: event.tenant_id(),
+    };
+    let payload = event.to_json().into_bytes();
+    if let Err(e) = client.try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload) {
+        tracing::warn!(error = %e, "could not publish a live event");
+    }
 }
 
 /// Tells gito-bridge (QoS 1, not retained) that devices are gone, so that it forgets their paths.

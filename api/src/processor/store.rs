@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use gito_wire::{AlertEvent, Envelope, MetricValue};
+use gito_wire::{Envelope, LiveEvent, MetricValue};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -34,7 +34,8 @@ pub struct Stored {
     /// Rows that were new (the others were stored before: a redelivery, a replay).
     pub inserted: u64,
     pub flagged: u64,
-    pub events: Vec<AlertEvent>,
+    /// Alert changes (and, on the live path, connectivity changes) to announce after commit.
+    pub events: Vec<LiveEvent>,
 }
 
 #[derive(Debug, Default)]
@@ -117,7 +118,11 @@ pub async fn store(
     let events = if rules.is_empty() {
         Vec::new()
     } else {
-        alerts::evaluate(&mut *conn, &rules, &samples).await?
+        alerts::evaluate(&mut *conn, &rules, &samples)
+            .await?
+            .into_iter()
+            .map(LiveEvent::Alert)
+            .collect()
     };
     Ok(Stored {
         rows: rows.len() as u64,

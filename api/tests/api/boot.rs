@@ -17,7 +17,7 @@ async fn serve_logs_one_upgrade_per_migration_on_an_empty_database_and_none_on_t
     first.wait_ready(BOOT_DEADLINE).await;
     assert_eq!(
         first.count("Running upgrade"),
-        9,
+        10,
         "{:#?}",
         first.log_lines()
     );
@@ -40,7 +40,7 @@ async fn serve_logs_one_upgrade_per_migration_on_an_empty_database_and_none_on_t
 
     let (ok, stdout, _) = run_gito_api(&db.url, &["migrate", "current"]).await;
     assert!(ok);
-    assert_eq!(stdout.trim(), "009_device_notify (head)");
+    assert_eq!(stdout.trim(), "010_device_connectivity (head)");
 }
 
 #[tokio::test]
@@ -56,20 +56,23 @@ async fn eight_replicas_started_together_all_become_ready_and_each_migration_run
     )
     .await;
     let upgrades: usize = replicas.iter().map(|r| r.count("Running upgrade")).sum();
-    assert_eq!(upgrades, 9, "each migration logged by exactly one replica");
+    assert_eq!(upgrades, 10, "each migration logged by exactly one replica");
     let mut conn = db.connect().await;
     let rows: Vec<(i64,)> =
         sqlx::query_as("SELECT version FROM gito_schema_migrations ORDER BY version")
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(rows, [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,)]);
-    // The migration lock only: the background drift check (GITO_MIGRATION_DRIFT=warn) may hold
-    // its own advisory lock for a moment longer.
+    assert_eq!(
+        rows,
+        [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,), (10,)]
+    );
+    // The migration lock's key only: the connectivity sweepers and the background drift check
+    // (GITO_MIGRATION_DRIFT=warn) take advisory locks of their own.
     let advisory: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
          WHERE l.locktype = 'advisory' AND d.datname = current_database()
-           AND l.classid = 0 AND l.objid = $1::bigint::oid AND l.objsubid = 1",
+           AND l.objsubid = 1 AND ((l.classid::int8 << 32) | l.objid::int8) = $1",
     )
     .bind(gito_api::migrate::LOCK_KEY)
     .fetch_one(&mut conn)
@@ -101,7 +104,7 @@ async fn boot_refuses_a_database_newer_than_the_code() {
     let db = TestDb::empty().await;
     assert!(run_gito_api(&db.url, &["migrate", "up"]).await.0);
     let mut conn = db.connect().await;
-    sqlx::query("INSERT INTO gito_schema_migrations (version, name, checksum, execution_ms) VALUES (10, '010_newer', '\\x00', 1)")
+    sqlx::query("INSERT INTO gito_schema_migrations (version, name, checksum, execution_ms) VALUES (99, '099_newer', '\\x00', 1)")
         .execute(&mut conn)
         .await
         .expect("insert");
@@ -109,13 +112,13 @@ async fn boot_refuses_a_database_newer_than_the_code() {
     assert!(!ok, "must not start");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.contains("010_newer") && last.contains("database newer than code"),
+        last.contains("099_newer") && last.contains("database newer than code"),
         "{stderr}"
     );
     let (ok, stdout, _) = run_gito_api(&db.url, &["migrate", "current"]).await;
     assert!(ok);
     assert!(
-        stdout.starts_with("010_newer (unknown to this gito-api"),
+        stdout.starts_with("099_newer (unknown to this gito-api"),
         "{stdout}"
     );
 }
@@ -159,26 +162,26 @@ async fn migrate_commands_print_what_operators_expect() {
 
     let (ok, stdout, _) = run(&["migrate", "current"]).await;
     assert!(ok);
-    assert_eq!(stdout.trim(), "base (9 pending)");
+    assert_eq!(stdout.trim(), "base (10 pending)");
 
     let (ok, stdout, stderr) = run(&["migrate", "up", "--to", "003"]).await;
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "applied 3 migration(s); now at 003_device_types (6 pending)"
+        "applied 3 migration(s); now at 003_device_types (7 pending)"
     );
     assert_eq!(stderr.matches("Running upgrade").count(), 3, "{stderr}");
 
     let (ok, stdout, _) = run(&["migrate", "history"]).await;
     assert!(ok);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 9, "{stdout}");
+    assert_eq!(lines.len(), 10, "{stdout}");
     assert!(
-        lines[0].starts_with("009_device_notify (head)") && lines[0].ends_with("pending"),
+        lines[0].starts_with("010_device_connectivity (head)") && lines[0].ends_with("pending"),
         "{stdout}"
     );
     assert!(
-        lines[6].starts_with("003_device_types") && lines[6].contains("applied 20"),
+        lines[7].starts_with("003_device_types") && lines[7].contains("applied 20"),
         "{stdout}"
     );
 
@@ -186,12 +189,12 @@ async fn migrate_commands_print_what_operators_expect() {
     assert!(ok);
     assert_eq!(
         stdout.trim(),
-        "reverted 1 migration(s); now at 002_device_hierarchy (7 pending)"
+        "reverted 1 migration(s); now at 002_device_hierarchy (8 pending)"
     );
 
-    let (ok, stdout, stderr) = run(&["migrate", "stamp", "009_device_notify"]).await;
+    let (ok, stdout, stderr) = run(&["migrate", "stamp", "010_device_connectivity"]).await;
     assert!(ok);
-    assert_eq!(stdout.trim(), "stamped 009_device_notify");
+    assert_eq!(stdout.trim(), "stamped 010_device_connectivity");
     assert!(
         stderr.contains("without running any SQL"),
         "stamp warns: {stderr}"

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::helpers::{TestApp, error_code, id_of};
 
-const DEVICE_FIELDS: [&str; 13] = [
+const DEVICE_FIELDS: [&str; 14] = [
     "id",
     "tenant_id",
     "name",
@@ -20,6 +20,7 @@ const DEVICE_FIELDS: [&str; 13] = [
     "device_group_id",
     "status",
     "last_seen_at",
+    "connectivity",
     "created_at",
     "updated_at",
 ];
@@ -47,6 +48,7 @@ async fn bridge_style_create_needs_no_device_type_and_returns_the_documented_fie
     assert_eq!(device["device_type_id"], Value::Null);
     assert_eq!(device["organization_id"], Value::Null);
     assert_eq!(device["status"], "active");
+    assert_eq!(device["connectivity"], "offline", "never heard from");
 }
 
 #[tokio::test]

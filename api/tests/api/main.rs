@@ -3,6 +3,7 @@
 mod auth;
 mod boot;
 mod cli;
+mod connectivity;
 mod devices;
 mod docs;
 mod drift;

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 
 use crate::helpers::TestDb;
 
-const HEAD: &str = "009_device_notify";
+const HEAD: &str = "010_device_connectivity";
 const NULLABLE: &str = "005_nullable_device_hierarchy";
 
 /// Everything about the schema that a migration can change, as comparable text.
@@ -42,7 +42,7 @@ async fn current(db: &TestDb) -> String {
 #[tokio::test]
 async fn empty_database_migrates_to_head_and_a_second_run_applies_nothing() {
     let db = TestDb::empty().await;
-    assert_eq!(current(&db).await, "base (9 pending)");
+    assert_eq!(current(&db).await, "base (10 pending)");
     let applied = migrate::up(&db.url, Catalog::embedded(), None)
         .await
         .expect("up");
@@ -58,6 +58,7 @@ async fn empty_database_migrates_to_head_and_a_second_run_applies_nothing() {
             "006_telemetry_ingest_and_alerts",
             "007_api_tokens",
             "008_dead_letters",
+            "009_device_notify",
             HEAD
         ]
     );
@@ -85,13 +86,13 @@ async fn head_to_base_to_head_leaves_an_identical_schema() {
     let reverted = migrate::down(&db.url, catalog, DownTarget::To(None))
         .await
         .expect("down to base");
-    assert_eq!(reverted.len(), 9);
+    assert_eq!(reverted.len(), 10);
     assert_eq!(
         schema_dump(&mut conn).await,
         Vec::<String>::new(),
         "base is empty"
     );
-    assert_eq!(current(&db).await, "base (9 pending)");
+    assert_eq!(current(&db).await, "base (10 pending)");
 
     migrate::up(&db.url, catalog, None).await.expect("up again");
     assert_eq!(schema_dump(&mut conn).await, at_head);
@@ -116,7 +117,7 @@ async fn downgrading_005_with_unclassified_devices_fails_naming_column_and_count
     .expect("seed devices");
     migrate::down(&db.url, catalog, DownTarget::To(Some(5)))
         .await
-        .expect("009 to 006 revert");
+        .expect("head to 006 revert");
     let before = schema_dump(&mut conn).await;
 
     let error = migrate::down(&db.url, catalog, DownTarget::Steps(1))
@@ -140,7 +141,7 @@ async fn downgrading_005_with_unclassified_devices_fails_naming_column_and_count
         .await
         .expect("count");
     assert_eq!(devices, 3, "nothing deleted");
-    assert_eq!(current(&db).await, format!("{NULLABLE} (4 pending)"));
+    assert_eq!(current(&db).await, format!("{NULLABLE} (5 pending)"));
 }
 
 #[tokio::test]
@@ -153,17 +154,17 @@ async fn down_by_steps_and_to_a_version_then_up_to_a_version() {
         .expect("down 2");
     assert_eq!(
         reverted.iter().map(|m| m.version).collect::<Vec<_>>(),
-        [9, 8]
+        [10, 9]
     );
-    assert_eq!(current(&db).await, "007_api_tokens (2 pending)");
+    assert_eq!(current(&db).await, "008_dead_letters (2 pending)");
     migrate::down(&db.url, catalog, DownTarget::To(Some(1)))
         .await
         .expect("down to 001");
-    assert_eq!(current(&db).await, "001_tenants (8 pending)");
+    assert_eq!(current(&db).await, "001_tenants (9 pending)");
     migrate::up(&db.url, catalog, Some(4))
         .await
         .expect("up to 004");
-    assert_eq!(current(&db).await, "004_devices_and_telemetry (5 pending)");
+    assert_eq!(current(&db).await, "004_devices_and_telemetry (6 pending)");
 }
 
 #[tokio::test]
@@ -173,7 +174,7 @@ async fn stamp_records_versions_without_running_them() {
     migrate::stamp(&db.url, catalog, Some(3))
         .await
         .expect("stamp 003");
-    assert_eq!(current(&db).await, "003_device_types (6 pending)");
+    assert_eq!(current(&db).await, "003_device_types (7 pending)");
     let mut conn = db.connect().await;
     let tenants: Option<String> = sqlx::query_scalar("SELECT to_regclass('tenants')::text")
         .fetch_one(&mut conn)
@@ -183,7 +184,7 @@ async fn stamp_records_versions_without_running_them() {
     migrate::stamp(&db.url, catalog, None)
         .await
         .expect("stamp base");
-    assert_eq!(current(&db).await, "base (9 pending)");
+    assert_eq!(current(&db).await, "base (10 pending)");
 }
 
 #[tokio::test]
@@ -217,7 +218,7 @@ async fn a_database_newer_than_the_code_is_refused() {
         .await
         .expect("up");
     let mut conn = db.connect().await;
-    sqlx::query("INSERT INTO gito_schema_migrations (version, name, checksum, execution_ms) VALUES (10, '010_from_the_future', '\\x00', 1)")
+    sqlx::query("INSERT INTO gito_schema_migrations (version, name, checksum, execution_ms) VALUES (99, '099_from_the_future', '\\x00', 1)")
         .execute(&mut conn)
         .await
         .expect("insert");
@@ -228,7 +229,7 @@ async fn a_database_newer_than_the_code_is_refused() {
         matches!(error, MigrateError::UnknownApplied { .. }),
         "{error}"
     );
-    assert!(error.to_string().contains("010_from_the_future"), "{error}");
+    assert!(error.to_string().contains("099_from_the_future"), "{error}");
     assert!(
         error.to_string().contains("database newer than code"),
         "{error}"
@@ -381,18 +382,18 @@ async fn new_migration_writes_the_next_pair() {
         .expect("new");
     assert_eq!(
         up.file_name().and_then(|n| n.to_str()),
-        Some("010_add_alert_rules.up.sql")
+        Some("011_add_alert_rules.up.sql")
     );
     assert_eq!(
         down.file_name().and_then(|n| n.to_str()),
-        Some("010_add_alert_rules.down.sql")
+        Some("011_add_alert_rules.down.sql")
     );
     let catalog = Catalog::from_dir(dir.path())
         .await
         .expect("still a valid catalog");
     assert_eq!(
         catalog.head().map(|m| m.name.as_str()),
-        Some("010_add_alert_rules")
+        Some("011_add_alert_rules")
     );
     assert!(matches!(
         migrate::new_migration(dir.path(), "Bad Name").await,
