@@ -3,6 +3,7 @@
 mod alert_rules;
 mod alerts;
 mod auth;
+mod console;
 mod dead_letters;
 mod device_groups;
 mod device_types;
@@ -109,6 +110,7 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(alerts::router())
         .merge(dead_letters::router())
         .merge(live::router())
+        .merge(console::api_router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -125,7 +127,7 @@ pub fn app(state: AppState, limits: Limits) -> Router {
             "/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc.clone()) }),
         )
-        .route("/docs", get(openapi::docs))
+        .merge(console::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .with_state(state)
         .layer(layers)

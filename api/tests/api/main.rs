@@ -3,6 +3,7 @@
 mod auth;
 mod boot;
 mod cli;
+mod console;
 mod devices;
 mod docs;
 mod errors;
