@@ -3,10 +3,13 @@
 mod alert_rules;
 mod alerts;
 mod auth;
+mod classification_rules;
 mod dead_letters;
 mod device_groups;
+mod device_shapes;
 mod device_types;
 mod devices;
+mod discovered_metrics;
 mod error;
 mod extract;
 pub(crate) mod fields;
@@ -104,6 +107,9 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(device_groups::router())
         .merge(device_types::router())
         .merge(devices::router())
+        .merge(classification_rules::router())
+        .merge(device_shapes::router())
+        .merge(discovered_metrics::router())
         .merge(telemetry::router())
         .merge(alert_rules::router())
         .merge(alerts::router())
