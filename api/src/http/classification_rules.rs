@@ -61,7 +61,7 @@ impl Keyed for ClassificationRule {
     "device_type_id": "0192f0c4-0000-7000-8000-000000000030",
     "priority": 10
 }))]
-struct NewRule {
+struct NewClassificationRule {
     #[schema(value_type = ExternalId)]
     pattern: String,
     device_type_id: Option<Uuid>,
@@ -76,7 +76,7 @@ struct NewRule {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({ "priority": 20, "site_id": null }))]
-struct RulePatch {
+struct ClassificationRulePatch {
     #[serde(default, deserialize_with = "fields::not_null")]
     #[schema(value_type = Option<ExternalId>, nullable = false)]
     pattern: Option<String>,
@@ -96,7 +96,7 @@ struct RulePatch {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({ "dry_run": true }))]
-struct ApplyBody {
+struct ApplyRule {
     /// Only answer which devices would change (default false: change them).
     #[serde(default)]
     dry_run: bool,
@@ -110,7 +110,7 @@ struct ApplyBody {
     "dry_run": true,
     "only_unassigned": true
 }))]
-struct ClassifyBody {
+struct ClassifyDevices {
     #[schema(value_type = ExternalId)]
     pattern: String,
     device_type_id: Option<Uuid>,
@@ -175,12 +175,12 @@ fn pattern(text: &str) -> Result<TopicPattern, ApiError> {
 /// (else 422 `invalid_reference`). From now on, a device created with a matching `external_id`
 /// (as gito-bridge creates them) gets the targets of the highest-`priority` matching rule (ties:
 /// the oldest rule) that it was not given itself. Existing devices change only with `apply`.
-#[utoipa::path(post, path = "/tenants/{tenant_id}/classification-rules", tag = "classification", params(TenantPath), request_body = NewRule,
+#[utoipa::path(post, path = "/tenants/{tenant_id}/classification-rules", tag = "classification", params(TenantPath), request_body = NewClassificationRule,
     responses((status = 201, description = "Created", body = ClassificationRule)))]
 async fn create(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
-    Json(body): Json<NewRule>,
+    Json(body): Json<NewClassificationRule>,
 ) -> Result<(StatusCode, Json<ClassificationRule>), ApiError> {
     let pattern = pattern(&body.pattern)?;
     Targets {
@@ -269,12 +269,12 @@ async fn rule(pool: &PgPool, tenant_id: Uuid, id: Uuid) -> Result<Classification
 ///
 /// Absent fields are kept; `null` clears a target, but a rule left with no target is 422, as is
 /// `null` for `pattern` or `priority`. Devices already classified keep what they got.
-#[utoipa::path(patch, path = "/tenants/{tenant_id}/classification-rules/{id}", tag = "classification", params(ItemPath), request_body = RulePatch,
+#[utoipa::path(patch, path = "/tenants/{tenant_id}/classification-rules/{id}", tag = "classification", params(ItemPath), request_body = ClassificationRulePatch,
     responses((status = 200, description = "The updated rule", body = ClassificationRule)))]
 async fn update(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
-    Json(body): Json<RulePatch>,
+    Json(body): Json<ClassificationRulePatch>,
 ) -> Result<Json<ClassificationRule>, ApiError> {
     let pattern = body.pattern.as_deref().map(pattern).transpose()?;
     sqlx::query_as!(
@@ -337,13 +337,13 @@ async fn remove(
 /// With `"dry_run": true` nothing changes and the answer lists exactly the devices that would,
 /// as they would be, paged with `limit` and `cursor`; without, the same set changes in one
 /// statement and the answer is the first page of the changed devices, with their `count`.
-#[utoipa::path(post, path = "/tenants/{tenant_id}/classification-rules/{id}/apply", tag = "classification", params(ItemPath, PageParams), request_body = ApplyBody,
+#[utoipa::path(post, path = "/tenants/{tenant_id}/classification-rules/{id}/apply", tag = "classification", params(ItemPath, PageParams), request_body = ApplyRule,
     responses((status = 200, description = "The devices changed (or that would change)", body = Classified)))]
 async fn apply(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
     Query(page): Query<PageParams>,
-    Json(body): Json<ApplyBody>,
+    Json(body): Json<ApplyRule>,
 ) -> Result<Json<Classified>, ApiError> {
     let rule = rule(&state.pool, tenant_id, id).await?;
     let change = Change {
@@ -369,13 +369,13 @@ async fn apply(
 /// `device_type_id`) get the targets given, replacing what they had; devices that already have
 /// them are not counted. At least one target is required, each this tenant's. `dry_run` and the
 /// answer are as for a rule's `apply`.
-#[utoipa::path(post, path = "/tenants/{tenant_id}/devices/classify", tag = "classification", params(TenantPath, PageParams), request_body = ClassifyBody,
+#[utoipa::path(post, path = "/tenants/{tenant_id}/devices/classify", tag = "classification", params(TenantPath, PageParams), request_body = ClassifyDevices,
     responses((status = 200, description = "The devices changed (or that would change)", body = Classified)))]
 async fn classify(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
     Query(page): Query<PageParams>,
-    Json(body): Json<ClassifyBody>,
+    Json(body): Json<ClassifyDevices>,
 ) -> Result<Json<Classified>, ApiError> {
     let targets = Targets {
         device_type_id: body.device_type_id,
