@@ -95,10 +95,14 @@ async fn list(
     let mut rows = sqlx::query_as!(
         DeviceShape,
         r#"WITH grouped AS (
-               SELECT array_to_string(ARRAY(
-                          SELECT CASE WHEN l ~ '[+#]' OR (o > 1 AND l ~ '[0-9]') THEN '+' ELSE l END
-                          FROM unnest(string_to_array(d.external_id, '/')) WITH ORDINALITY AS t (l, o)
-                          ORDER BY o), '/') AS shape,
+               -- The first level becomes `+` if it has `+` or `#`, every later level if it has
+               -- a digit, `+` or `#` (a match cannot cross a `/`, so it is the whole level).
+               SELECT CASE WHEN strpos(d.external_id, '/') = 0
+                           THEN regexp_replace(d.external_id, '^.*[+#].*$', '+')
+                           ELSE regexp_replace(split_part(d.external_id, '/', 1), '^.*[+#].*$', '+')
+                                || '/' || regexp_replace(substr(d.external_id, strpos(d.external_id, '/') + 1),
+                                                         '[^/]*[0-9+#][^/]*', '+', 'g')
+                      END AS shape,
                       ARRAY(SELECT m.metric FROM device_metrics m WHERE m.device_id = d.id
                             ORDER BY m.metric) AS metrics,
                       d.external_id, d.last_seen_at

@@ -77,3 +77,52 @@ impl MetricsSeen {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gito_wire::Envelope;
+
+    use super::*;
+    use crate::processor::DeviceInfo;
+
+    #[test]
+    fn a_pair_is_written_once_per_refresh_and_once_per_batch() {
+        let device = DeviceInfo {
+            tenant_id: Uuid::now_v7(),
+            device_type_id: None,
+            device_type: None,
+            schema: None,
+        };
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let first =
+            Envelope::from_json(br#"{"ts": "2026-01-05T10:00:00Z", "metrics": {"t": 1, "p": 2}}"#)
+                .expect("envelope");
+        let second = Envelope::from_json(br#"{"ts": "2026-01-05T10:00:01Z", "metrics": {"t": 3}}"#)
+            .expect("envelope");
+        let checked = |device_id, envelope| Checked {
+            device_id,
+            envelope,
+            device: &device,
+        };
+        let batch = [checked(b, &first), checked(a, &first), checked(a, &second)];
+        let mut seen = MetricsSeen::default();
+        let now = Instant::now();
+        let (devices, metrics) = seen.unseen(&batch, now);
+        let mut expected = vec![(a, "p"), (a, "t"), (b, "p"), (b, "t")];
+        expected.sort();
+        let got: Vec<(Uuid, &str)> = devices
+            .iter()
+            .copied()
+            .zip(metrics.iter().map(String::as_str))
+            .collect();
+        assert_eq!(got, expected, "each pair once, sorted");
+        seen.written
+            .extend(devices.into_iter().zip(metrics).map(|k| (k, now)));
+        assert!(seen.unseen(&batch, now + REFRESH / 2).0.is_empty());
+        assert_eq!(
+            seen.unseen(&batch, now + REFRESH).0.len(),
+            4,
+            "refreshed after REFRESH"
+        );
+    }
+}

@@ -691,6 +691,8 @@ async fn device_shapes_group_devices_by_shape_paged_and_usable_as_patterns() {
     bridge_device(&app, tenant, "SDE11/B1/UTILITIES/CHILLER/C1").await;
     bridge_device(&app, tenant, "SDE11/JAX/UTILITIES/BOILER/OPT_G").await;
     bridge_device(&app, tenant, "a+b/#x").await;
+    bridge_device(&app, tenant, "solo1").await;
+    bridge_device(&app, tenant, "a//b1/").await;
     app.post(
         &format!("/tenants/{tenant}/devices"),
         json!({ "name": "typed", "external_id": "SDE11/B9/UTILITIES/BOILER/T1", "device_type_id": kind }),
@@ -751,6 +753,8 @@ async fn device_shapes_group_devices_by_shape_paged_and_usable_as_patterns() {
                 1,
                 "SDE11/JAX/UTILITIES/BOILER/OPT_G".to_owned()
             ),
+            ("a//+/".to_owned(), 1, "a//b1/".to_owned()),
+            ("solo1".to_owned(), 1, "solo1".to_owned()),
         ]
     );
     // A shape is a pattern that selects its group.
