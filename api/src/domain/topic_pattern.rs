@@ -53,6 +53,17 @@ impl TopicPattern {
         Ok(TopicPattern { text, levels })
     }
 
+    /// As `parse`, for a pattern from a URL's query string, where an unescaped `+` arrives as a
+    /// space (form encoding): a level that is exactly one space is read as `+`, so that
+    /// `?pattern=SDE11/+/UTILITIES/#` works as typed (`%2B` works too).
+    pub fn parse_query(field: &str, pattern: &str) -> Result<TopicPattern, FieldError> {
+        let restored: Vec<&str> = pattern
+            .split('/')
+            .map(|level| if level == " " { "+" } else { level })
+            .collect();
+        TopicPattern::parse(field, &restored.join("/"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -171,6 +182,14 @@ mod tests {
         }
         let long = "a/".repeat(MAX_EXTERNAL_ID_CHARS);
         assert!(TopicPattern::parse("pattern", &long).is_err());
+    }
+
+    #[test]
+    fn a_plus_that_a_query_string_turned_into_a_space_is_a_plus_again() {
+        let pattern = TopicPattern::parse_query("pattern", "SDE11/ /UTILITIES/ ").expect("valid");
+        assert_eq!(pattern.as_str(), "SDE11/+/UTILITIES/+");
+        assert!(TopicPattern::parse_query("pattern", "a/ b").is_ok_and(|p| p.as_str() == "a/ b"));
+        assert!(TopicPattern::parse_query("pattern", "a/b ").is_err());
     }
 
     #[test]

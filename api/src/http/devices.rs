@@ -114,7 +114,8 @@ struct DeviceFilter {
     unassigned: bool,
     external_id: Option<String>,
     /// Only devices whose `external_id` matches this MQTT-style pattern (`+` one level, `#` the
-    /// rest), e.g. `SDE11/+/UTILITIES/BOILER/+`.
+    /// rest), e.g. `SDE11/+/UTILITIES/BOILER/+`; a level that is one space (an unescaped `+`
+    /// after form decoding) is read as `+`.
     #[param(value_type = Option<ExternalId>)]
     pattern: Option<String>,
 }
@@ -204,7 +205,7 @@ async fn list(
     let pattern = filter
         .pattern
         .as_deref()
-        .map(|p| TopicPattern::parse("pattern", p))
+        .map(|p| TopicPattern::parse_query("pattern", p))
         .transpose()?;
     let rows = sqlx::query_as!(
         Device,

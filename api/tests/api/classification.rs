@@ -620,6 +620,12 @@ async fn hostile_patterns_are_refused_or_matched_literally_never_a_500() {
         .collect();
     three.sort();
     assert_eq!(external_ids(&app, &list("plant/+/a")).await, set(&three));
+    let typed = format!("/tenants/{tenant}/devices?pattern=plant/+/a");
+    assert_eq!(
+        external_ids(&app, &typed).await,
+        set(&three),
+        "+ typed into a URL"
+    );
     assert_eq!(
         external_ids(&app, &list("+/+/+/+")).await,
         set(&["plant/a/b/c"])
