@@ -3,11 +3,14 @@
 mod alert_rules;
 mod alerts;
 mod auth;
+mod classification_rules;
 mod console;
 mod dead_letters;
 mod device_groups;
+mod device_shapes;
 mod device_types;
 mod devices;
+mod discovered_metrics;
 mod error;
 mod extract;
 pub(crate) mod fields;
@@ -105,6 +108,9 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(device_groups::router())
         .merge(device_types::router())
         .merge(devices::router())
+        .merge(classification_rules::router())
+        .merge(device_shapes::router())
+        .merge(discovered_metrics::router())
         .merge(telemetry::router())
         .merge(alert_rules::router())
         .merge(alerts::router())

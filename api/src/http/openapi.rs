@@ -35,6 +35,7 @@ const SECURITY_SCHEME: &str = "bearer";
         (name = "hierarchy", description = "Organizations, sites and device groups"),
         (name = "device types"),
         (name = "devices"),
+        (name = "classification", description = "Classification rules, classifying devices by pattern, and the inbox's device shapes"),
         (name = "telemetry"),
         (name = "alerts", description = "Alert rules and the alerts they raise"),
         (name = "dead letters", description = "Messages the processor could not store, to read and replay"),

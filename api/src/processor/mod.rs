@@ -13,6 +13,7 @@ pub mod dead_letters;
 pub mod devices;
 mod failure;
 mod intake;
+mod metrics_seen;
 pub mod store;
 mod watch;
 

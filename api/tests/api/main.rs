@@ -2,6 +2,7 @@
 
 mod auth;
 mod boot;
+mod classification;
 mod cli;
 mod console;
 mod devices;
