@@ -315,9 +315,18 @@ async function main() {
 
   const b1 = await device(tenant, boilers[0]);
   await check("a live value appears on the device page after an MQTT publish, a flagged one marked", async () => {
+    // A quarter of an hour of history (the payload's own ts), two values over the type's max.
+    const now = Date.now();
+    for (let i = 40; i >= 1; i--) {
+      const v = i === 12 || i === 30 ? 104 + i / 10 : 60 + 20 * Math.sin(i / 5) + (i % 3);
+      publish(`${boilers[0]}/temp`, JSON.stringify({ temp: Number(v.toFixed(2)), ts: new Date(now - i * 20000).toISOString() }));
+    }
+    await until("the history is stored", async () =>
+      (await rest("GET", `/tenants/${tenant}/devices/${b1.id}/telemetry?metric=temp&limit=100`)).items.length >= 40);
     await page.goto(`${API}/console/#/devices/${b1.id}`);
     await page.getByRole("heading", { name: boilers[0] }).waitFor();
     await page.getByText("live", { exact: true }).waitFor({ timeout: 15000 });
+    await page.getByLabel("Metric").selectOption("temp");
     publish(`${boilers[0]}/temp`, "77.125");
     await page.getByRole("cell", { name: "77.125" }).waitFor({ timeout: 15000 });
     publish(`${boilers[0]}/temp`, "150.5");
@@ -329,6 +338,7 @@ async function main() {
     await page.locator("svg.chart polyline.line").waitFor();
     if (SHOTS) {
       await page.getByLabel("Resolution").selectOption({ label: "Raw points" });
+      await page.getByLabel("Range").selectOption({ label: "15m" });
       await page.locator("svg.chart circle.flagged").first().waitFor();
       await page.screenshot({ path: join(SHOTS, "console-device.png"), fullPage: true });
     }
