@@ -358,6 +358,7 @@ async function main() {
     assert(acked.items.length === 1 && acked.items[0].value === 612.5, JSON.stringify(acked.items));
     await page.getByRole("button", { name: "Acknowledged" }).click();
     await page.getByRole("cell", { name: "612.5" }).waitFor();
+    await page.getByRole("link", { name: boilers[1] }).waitFor();
   });
 
   await check("hostile device names and topics are shown as text, no script runs", async () => {

@@ -8,6 +8,7 @@ const STATES = ["open", "acknowledged", "resolved"];
 
 export async function alerts(root) {
   let state = "open";
+  const names = new Map();
   const body = h("div");
   const tabs = h("div", { class: "tabs", role: "group", "aria-label": "Alert state" });
   const drawTabs = () => put(tabs, STATES.map((s) => h("button", {
@@ -17,9 +18,14 @@ export async function alerts(root) {
   }, s[0].toUpperCase() + s.slice(1))));
   const p = pager(async (cursor) => {
     const page = await api("GET", t("/alerts"), { query: { state, limit: 50, cursor } });
+    // Names of this page's devices (at most 50 lookups, remembered across pages).
+    await Promise.all([...new Set(page.items.map((a) => a.device_id))].filter((d) => !names.has(d)).map(async (d) => {
+      const device = await api("GET", t(`/devices/${d}`)).catch(() => null);
+      names.set(d, device ? device.name : d);
+    }));
     put(body, table(["Device", "Value", "State", "Opened", "Acknowledged", "Resolved", ""], page.items.map((a) =>
       h("tr", { dataset: { alert: a.id } },
-        h("td", null, h("a", { href: `#/devices/${a.device_id}`, class: "mono" }, a.device_id)),
+        h("td", null, h("a", { href: `#/devices/${a.device_id}` }, names.get(a.device_id) || a.device_id)),
         h("td", { class: "num" }, String(a.value)),
         h("td", null, a.state),
         h("td", null, when(a.opened_at)),

@@ -6,6 +6,7 @@ import { attempt, field, h, pager, put, say, select, table, when } from "./dom.j
 import { chart } from "./chart.js";
 
 export async function deviceList(root) {
+  const typeNames = new Map((await all(t("/device-types"))).map((x) => [x.id, x.name]));
   const pattern = h("input", { type: "text", spellcheck: "false", autocomplete: "off", placeholder: "SDE11/+/UTILITIES/#" });
   const unassigned = h("input", { type: "checkbox" });
   const body = h("div");
@@ -17,7 +18,7 @@ export async function deviceList(root) {
       h("tr", null,
         h("td", null, h("a", { href: `#/devices/${d.id}` }, d.name)),
         h("td", { class: "mono" }, d.external_id || ""),
-        h("td", null, d.device_type_id ? h("a", { href: `#/types/${d.device_type_id}` }, "type") : "unassigned"),
+        h("td", null, d.device_type_id ? h("a", { href: `#/types/${d.device_type_id}` }, typeNames.get(d.device_type_id) || "type") : "unassigned"),
         h("td", null, d.status),
         h("td", null, when(d.last_seen_at)))), "Devices"));
     return page.next_cursor;
