@@ -4,6 +4,7 @@ mod alert_rules;
 mod alerts;
 mod auth;
 mod classification_rules;
+mod classify;
 mod console;
 mod dead_letters;
 mod device_groups;
@@ -109,6 +110,7 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(device_types::router())
         .merge(devices::router())
         .merge(classification_rules::router())
+        .merge(classify::router())
         .merge(device_shapes::router())
         .merge(discovered_metrics::router())
         .merge(telemetry::router())
