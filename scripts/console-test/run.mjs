@@ -14,7 +14,7 @@
 
 import { execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -74,7 +74,7 @@ async function until(what, predicate, seconds = 30) {
 }
 
 function psql(sql, url = PG) {
-  return execFileSync("psql", [url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql], { encoding: "utf8" });
+  return execFileSync("psql", [url, "-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 }
 
 async function broker(name) {
@@ -448,6 +448,9 @@ try {
   if (browser) await browser.close().catch(() => {});
   stopAll();
   try { psql(`DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`); } catch {}
+  // The services' logs are kept for a look when something failed.
+  if (results.failed === 0) rmSync(work, { recursive: true, force: true });
+  else console.log(`console-test: logs kept in ${work}`);
 }
 console.log(`console: ${results.passed} passed, ${results.failed} failed`);
 process.exit(results.failed ? 1 : 0);
