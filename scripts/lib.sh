@@ -86,6 +86,16 @@ ensure_python_tools() {
   echo "ready"
 }
 
+ensure_chromium() {
+  step "Chromium and Node.js (the console's browser tests, scripts/console-test)"
+  command -v chromium >/dev/null || apt_install chromium
+  command -v node >/dev/null || apt_install nodejs
+  command -v npm >/dev/null || apt_install npm
+  node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' ||
+    die "playwright-core needs Node.js 20 or later, found $(node --version): install a newer nodejs"
+  echo "found $(command -v chromium), node $(node --version)"
+}
+
 ensure_wrk() {
   command -v wrk >/dev/null || apt_install wrk
   command -v pgbench >/dev/null || apt_install postgresql-contrib

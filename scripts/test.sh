@@ -8,8 +8,9 @@
 # Also checks the deployment files (compose schema, hadolint, shellcheck, promtool on
 # deploy/prometheus), runs the compose
 # smoke test (scripts/compose_smoke.py), the run-local.sh test (scripts/run_local_test.py, which
-# builds the release binaries), the README and docs/ command by command (scripts/docs_walkthrough.py)
-# and the hostile-input run (scripts/schemathesis.sh); the Python tools come from PyPI.
+# builds the release binaries), the README and docs/ command by command (scripts/docs_walkthrough.py),
+# the console in headless Chromium (scripts/console-test, playwright-core from npm, Debian's
+# chromium) and the hostile-input run (scripts/schemathesis.sh); the Python tools come from PyPI.
 #
 # DATABASE_URL, when set, names the PostgreSQL server the tests use (they create one database
 # per test on it); otherwise the local server on 127.0.0.1:5432 is used, and set up if needed.
@@ -74,6 +75,15 @@ python3 scripts/run_local_test.py 2>&1 | tee -a "$log" || status=$?
 step "README.md and docs/, command by command, against run-local.sh (scripts/docs_walkthrough.py)"
 python3 scripts/docs_walkthrough.py 2>&1 | tee -a "$log" || status=$?
 
+step "the console in headless Chromium (scripts/console-test): gito-api, gito-bridge, two brokers, MQTT in"
+ensure_chromium
+cargo build --locked -p gito-api -p gito-bridge --bins
+if (cd scripts/console-test && npm ci --no-audit --no-fund --loglevel=error); then
+  node scripts/console-test/run.mjs target/debug 2>&1 | tee -a "$log" || status=$?
+else
+  status=1
+fi
+
 step "hostile input: schemathesis against gito-api with the admin and a tenant token"
 bash scripts/schemathesis.sh target/debug 2>&1 | tee -a "$log" || status=$?
 
@@ -87,8 +97,10 @@ wt_passed=$(grep -Eo '^walkthrough: [0-9]+ passed' "$log" | grep -Eo '[0-9]+' ||
 wt_failed=$(grep -Eo '^walkthrough: [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || echo 1)
 st_passed=$(grep -Eo '^schemathesis: [0-9]+ passed' "$log" | grep -Eo '[0-9]+' || echo 0)
 st_failed=$(grep -Eo '^schemathesis: [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || echo 1)
-passed=$((passed + smoke_passed + rl_passed + wt_passed + st_passed))
-failed=$((failed + smoke_failed + rl_failed + wt_failed + st_failed))
+co_passed=$(grep -Eo '^console: [0-9]+ passed' "$log" | grep -Eo '[0-9]+' || echo 0)
+co_failed=$(grep -Eo '^console: [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+' || echo 1)
+passed=$((passed + smoke_passed + rl_passed + wt_passed + st_passed + co_passed))
+failed=$((failed + smoke_failed + rl_failed + wt_failed + st_failed + co_failed))
 drop_test_databases
 echo
 echo "tests: ${passed} passed, ${failed} failed"

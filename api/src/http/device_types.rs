@@ -262,7 +262,8 @@ fn offline_after(secs: i64) -> Result<i32, ApiError> {
 /// Delete a device type
 ///
 /// Answers 204, and deletes the alert rules scoped to this type (`device_type_id`) with it. While
-/// devices are classified with the type the answer is 409: reclassify or delete them first.
+/// devices are classified with the type, or a classification rule names it, the answer is 409:
+/// reclassify or delete them (or change the rule) first.
 #[utoipa::path(delete, path = "/tenants/{tenant_id}/device-types/{id}", tag = "device types", params(ItemPath),
     responses((status = 204, description = "Deleted")))]
 async fn remove(

@@ -1,5 +1,6 @@
 //! Devices of a tenant. The bridge creates them idempotently by `external_id` (its MQTT device
-//! path) with no device type; operators classify them later with PATCH.
+//! path) with no device type; the tenant's classification rules (classification_rules.rs) classify
+//! them as they are created, operators later with PATCH or by pattern.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,6 +16,7 @@ use super::fields::{self, MAX_EXTERNAL_ID_CHARS, MAX_NAME_CHARS};
 use super::openapi::{ExternalId, ItemPath, Name, TenantPath};
 use super::page::{self, Keyed, Page};
 use super::{AppState, tenants};
+use crate::domain::topic_pattern::TopicPattern;
 use gito_wire::Connectivity;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -119,6 +121,11 @@ struct DeviceFilter {
     /// Only `online` or only `offline` devices.
     #[param(value_type = Option<String>, pattern = "^(online|offline)$")]
     connectivity: Option<Connectivity>,
+    /// Only devices whose `external_id` matches this MQTT-style pattern (`+` one level, `#` the
+    /// rest), e.g. `SDE11/+/UTILITIES/BOILER/+`; a level that is one space (an unescaped `+`
+    /// after form decoding) is read as `+`.
+    #[param(value_type = Option<ExternalId>)]
+    pattern: Option<String>,
 }
 
 /// Create or find a device by external_id
@@ -127,7 +134,9 @@ struct DeviceFilter {
 /// `external_id` already exists in the tenant (the request's other fields are then ignored): safe
 /// to repeat and to race, never a duplicate. Without `external_id` every call creates a device.
 /// A new device's `device_type_id`, `organization_id`, `site_id` and `device_group_id` must be
-/// this tenant's, or the answer is 422 `invalid_reference`.
+/// this tenant's, or the answer is 422 `invalid_reference`. Those it is not given come from the
+/// tenant's classification rule of highest priority (ties: the oldest) whose pattern matches its
+/// `external_id`, if any, in the same statement.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/devices", tag = "devices", params(TenantPath), request_body = NewDevice,
     responses((status = 201, description = "Created", body = Device),
         (status = 200, description = "A device with this external_id already exists: it is returned unchanged", body = Device)))]
@@ -145,13 +154,24 @@ async fn create(
     let device_type =
         fields::optional_text("device_type", body.device_type.as_deref(), MAX_NAME_CHARS)?;
     // One statement, safe under concurrent calls: on a known external_id the no-op update
-    // returns the existing row, and `xmax = 0` tells a fresh insert from it.
+    // returns the existing row, and `xmax = 0` tells a fresh insert from it. What the request does
+    // not give comes from the best matching classification rule.
     let row = sqlx::query_as!(
         Upserted,
-        r#"WITH d AS (
+        r#"WITH rule AS (
+               SELECT device_type_id, organization_id, site_id, device_group_id
+               FROM classification_rules
+               WHERE tenant_id = $2 AND $4::text IS NOT NULL AND $4 ~ pattern_regex
+               ORDER BY priority DESC, id
+               LIMIT 1
+           ),
+           d AS (
                INSERT INTO devices (id, tenant_id, name, external_id, device_type, device_type_id,
                                     organization_id, site_id, device_group_id)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               SELECT $1, $2, $3, $4, $5, COALESCE($6, rule.device_type_id),
+                      COALESCE($7, rule.organization_id), COALESCE($8, rule.site_id),
+                      COALESCE($9, rule.device_group_id)
+               FROM (VALUES (1)) AS one (x) LEFT JOIN rule ON true
                ON CONFLICT (tenant_id, external_id) DO UPDATE SET external_id = EXCLUDED.external_id
                RETURNING id, tenant_id, name, external_id, device_type, device_type_id,
                          organization_id, site_id, device_group_id, status, last_seen_at,
@@ -189,7 +209,9 @@ async fn create(
 /// One page of the tenant's devices in creation order: pass `limit` (1–1000, default 100) and the
 /// previous page's `next_cursor` as `cursor` for the next page. The filters combine: `device_type`
 /// (the free-text label), `device_type_id`, `unassigned=true` (no `device_type_id` yet, whatever
-/// the label), `external_id`, each an exact match, and `connectivity` (`online` or `offline`).
+/// the label) and `external_id`, each an exact match, `pattern`, an MQTT-style pattern over
+/// the `external_id` (`+` one level, `#` the rest; 422 if malformed), and `connectivity`
+/// (`online` or `offline`).
 #[utoipa::path(get, path = "/tenants/{tenant_id}/devices", tag = "devices", params(TenantPath, DeviceFilter),
     responses((status = 200, description = "One page, oldest first", body = Page<Device>)))]
 async fn list(
@@ -198,6 +220,11 @@ async fn list(
     Query(filter): Query<DeviceFilter>,
 ) -> Result<Json<Page<Device>>, ApiError> {
     let limit = page::limit(filter.limit)?;
+    let pattern = filter
+        .pattern
+        .as_deref()
+        .map(|p| TopicPattern::parse_query("pattern", p))
+        .transpose()?;
     let rows = sqlx::query_as!(
         Device,
         r#"SELECT d.id, d.tenant_id, d.name, d.external_id, d.device_type, d.device_type_id,
@@ -212,7 +239,8 @@ async fn list(
              AND (NOT $5 OR d.device_type_id IS NULL)
              AND ($6::text IS NULL OR d.external_id = $6)
              AND ($7::bool IS NULL OR (c.check_at IS NOT NULL) = $7)
-           ORDER BY d.id LIMIT $8"#,
+             AND ($8::text IS NULL OR d.external_id ~ $8)
+           ORDER BY d.id LIMIT $9"#,
         tenant_id,
         page::cursor(filter.cursor.as_deref())?,
         filter.device_type,
@@ -220,6 +248,7 @@ async fn list(
         filter.unassigned,
         filter.external_id,
         filter.connectivity.map(|c| c == Connectivity::Online),
+        pattern.as_ref().map(TopicPattern::to_regex),
         limit + 1
     )
     .fetch_all(&state.pool)

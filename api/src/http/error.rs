@@ -155,9 +155,16 @@ fn constraint_error(constraint: &str) -> Option<ApiError> {
         }
         "devices_site_fk" | "device_groups_site_fk" => foreign("site_id", "a site"),
         "devices_device_group_fk" => foreign("device_group_id", "a device group"),
-        "devices_device_type_fk" | "alert_rules_device_type_fk" => {
-            foreign("device_type_id", "a device type")
-        }
+        "classification_rules_organization_fk" => foreign("organization_id", "an organization"),
+        "classification_rules_site_fk" => foreign("site_id", "a site"),
+        "classification_rules_device_group_fk" => foreign("device_group_id", "a device group"),
+        "classification_rules_target_check" => ApiError::unprocessable(
+            "invalid_field",
+            "give at least one of device_type_id, organization_id, site_id, device_group_id",
+        ),
+        "devices_device_type_fk"
+        | "alert_rules_device_type_fk"
+        | "classification_rules_device_type_fk" => foreign("device_type_id", "a device type"),
         "alert_rules_device_fk" => foreign("device_id", "a device"),
         "alert_rules_operator_check" => {
             ApiError::unprocessable("invalid_field", "operator must be one of > >= < <= == !=")

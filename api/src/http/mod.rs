@@ -3,10 +3,15 @@
 mod alert_rules;
 mod alerts;
 mod auth;
+mod classification_rules;
+mod classify;
+mod console;
 mod dead_letters;
 mod device_groups;
+mod device_shapes;
 mod device_types;
 mod devices;
+mod discovered_metrics;
 mod error;
 mod extract;
 pub(crate) mod fields;
@@ -108,12 +113,17 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(device_groups::router())
         .merge(device_types::router())
         .merge(devices::router())
+        .merge(classification_rules::router())
+        .merge(classify::router())
+        .merge(device_shapes::router())
+        .merge(discovered_metrics::router())
         .merge(telemetry::router())
         .merge(alert_rules::router())
         .merge(alerts::router())
         .merge(dead_letters::router())
         .merge(live::router())
         .merge(observe::router())
+        .merge(console::api_router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -130,7 +140,7 @@ pub fn app(state: AppState, limits: Limits) -> Router {
             "/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc.clone()) }),
         )
-        .route("/docs", get(openapi::docs))
+        .merge(console::router())
         .fallback(|| async { ApiError::NotFound("route") })
         .with_state(state)
         .layer(layers)

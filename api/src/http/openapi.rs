@@ -6,7 +6,6 @@
 //! forty handlers.
 
 use axum::http::Method;
-use axum::response::Html;
 use serde::Serialize;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -36,6 +35,7 @@ const SECURITY_SCHEME: &str = "bearer";
         (name = "hierarchy", description = "Organizations, sites and device groups"),
         (name = "device types"),
         (name = "devices"),
+        (name = "classification", description = "Classification rules, classifying devices by pattern, and the inbox's device shapes"),
         (name = "telemetry"),
         (name = "alerts", description = "Alert rules and the alerts they raise"),
         (name = "dead letters", description = "Messages the processor could not store, to read and replay"),
@@ -188,27 +188,4 @@ fn add_errors(operation: &mut Operation, method: &Method, public: bool) {
                     .into()
             });
     }
-}
-
-/// Swagger UI, loaded by the reader's browser from a CDN, as FastAPI's `/docs` is: the server
-/// bundles no assets and its build downloads nothing.
-pub async fn docs() -> Html<&'static str> {
-    Html(
-        r##"<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <title>gito API</title>
-  <link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css">
-</head>
-<body>
-  <div id="swagger-ui"></div>
-  <script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-  <script>
-    window.ui = SwaggerUIBundle({ url: "/openapi.json", dom_id: "#swagger-ui", persistAuthorization: true });
-  </script>
-</body>
-</html>
-"##,
-    )
 }

@@ -28,6 +28,7 @@ use super::dead_letters::{self, DeadLetter, Reason, UNKNOWN_DEVICE};
 use super::devices::{DeviceCache, DeviceInfo, Known};
 use super::failure::{self, is_foreign_key_violation, is_transient};
 use super::heard;
+use super::metrics_seen::MetricsSeen;
 use super::store::{self, Checked, Stored};
 use crate::status::{Health, PROCESSOR};
 
@@ -94,6 +95,7 @@ pub struct Batcher {
     /// Reasons logged since the last counters line ("logged once": the rest is counted).
     logged: Vec<Reason>,
     isolation_logged: bool,
+    metrics_seen: MetricsSeen,
 }
 
 impl Batcher {
@@ -111,6 +113,7 @@ impl Batcher {
             health,
             logged: Vec::new(),
             isolation_logged: false,
+            metrics_seen: MetricsSeen::default(),
         }
     }
 
@@ -157,6 +160,8 @@ impl Batcher {
             }
         }
         let events = self.store_isolated(&good, &mut dead).await?;
+        let checked: Vec<Checked<'_>> = good.iter().map(|(_, c)| *c).collect();
+        self.metrics_seen.record(&self.pool, &checked).await;
         if !dead.is_empty() {
             self.keep(&dead).await?;
         }

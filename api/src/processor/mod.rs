@@ -14,6 +14,7 @@ pub mod devices;
 mod failure;
 mod heard;
 mod intake;
+mod metrics_seen;
 pub mod store;
 mod watch;
 

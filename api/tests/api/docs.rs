@@ -187,12 +187,24 @@ async fn every_request_body_example_is_accepted_by_the_api() {
                 .await
         }
     };
-    let posts = examples.iter().filter(|(m, ..)| *m == "post");
+    // Bodies that reference other items, then actions on an item, last, so that those items
+    // exist (see `linked`).
+    let mut posts: Vec<_> = examples.iter().filter(|(m, ..)| *m == "post").collect();
+    posts.sort_by_key(|(_, path, example, _)| {
+        let references = example.is_some_and(|e| {
+            e.as_object()
+                .into_iter()
+                .flatten()
+                .any(|(f, _)| f.ends_with("_id"))
+        });
+        (path.contains("{id}"), references)
+    });
     let patches = examples.iter().filter(|(m, ..)| *m == "patch");
-    for (method, path, example, schema) in posts.chain(patches) {
+    for (method, path, example, schema) in posts.into_iter().chain(patches) {
         let Some(example) = example else { continue };
         let mut filled = (*path).to_owned();
-        if let Some(collection) = path.strip_suffix("/{id}") {
+        // `/x/{id}` and `/x/{id}/action` use the item `/x`'s POST made.
+        if let Some((collection, _)) = path.split_once("/{id}") {
             let id = items.get(collection).cloned();
             filled = filled.replace("{id}", &id.unwrap_or_else(|| Uuid::now_v7().to_string()));
         }
@@ -206,8 +218,11 @@ async fn every_request_body_example_is_accepted_by_the_api() {
         if *method != "post" {
             continue;
         }
+        let linked = linked(example, &items);
         let created = if status.is_success() {
             body
+        } else if let (StatusCode::CREATED, made) = send(method, path, &linked).await {
+            made
         } else {
             let required: Map<String, Value> = example
                 .as_object()
@@ -227,6 +242,25 @@ async fn every_request_body_example_is_accepted_by_the_api() {
         }
     }
     assert!(refused.is_empty(), "{refused:#?}");
+}
+
+/// `example` with its references to a device type, organization, site or device group replaced
+/// by the item that collection's POST made earlier (for bodies that need at least one).
+fn linked(example: &Value, items: &BTreeMap<String, String>) -> Value {
+    let mut example = example.clone();
+    for (field, value) in example.as_object_mut().into_iter().flatten() {
+        let collection = match field.as_str() {
+            "device_type_id" => "device-types",
+            "organization_id" => "organizations",
+            "site_id" => "sites",
+            "device_group_id" => "device-groups",
+            _ => continue,
+        };
+        if let Some(id) = items.get(&format!("/tenants/{{tenant_id}}/{collection}")) {
+            *value = Value::String(id.clone());
+        }
+    }
+    example
 }
 
 /// The routes named in the first cells of README.md's "REST API" table: (method, path).

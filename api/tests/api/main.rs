@@ -2,8 +2,10 @@
 
 mod auth;
 mod boot;
+mod classification;
 mod cli;
 mod connectivity;
+mod console;
 mod devices;
 mod docs;
 mod drift;

@@ -2,6 +2,7 @@
 //! devices publish to, the "local" one the processor reads), the real API on a fresh database.
 
 mod bounds;
+mod classification;
 mod delivery;
 mod faults;
 mod helpers;

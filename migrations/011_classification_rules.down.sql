@@ -1,0 +1,2 @@
+DROP TABLE device_metrics;
+DROP TABLE classification_rules;
