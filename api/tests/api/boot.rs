@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use reqwest::StatusCode;
 
-use crate::helpers::{ApiProcess, TestDb, gito_api, run_gito_api};
+use crate::helpers::{ApiProcess, TestDb, gito_api, head_migration, migration_count, run_gito_api};
 
 const BOOT_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -17,7 +17,7 @@ async fn serve_logs_one_upgrade_per_migration_on_an_empty_database_and_none_on_t
     first.wait_ready(BOOT_DEADLINE).await;
     assert_eq!(
         first.count("Running upgrade"),
-        10,
+        migration_count(),
         "{:#?}",
         first.log_lines()
     );
@@ -40,7 +40,7 @@ async fn serve_logs_one_upgrade_per_migration_on_an_empty_database_and_none_on_t
 
     let (ok, stdout, _) = run_gito_api(&db.url, &["migrate", "current"]).await;
     assert!(ok);
-    assert_eq!(stdout.trim(), "010_device_connectivity (head)");
+    assert_eq!(stdout.trim(), format!("{} (head)", head_migration()));
 }
 
 #[tokio::test]
@@ -56,17 +56,19 @@ async fn eight_replicas_started_together_all_become_ready_and_each_migration_run
     )
     .await;
     let upgrades: usize = replicas.iter().map(|r| r.count("Running upgrade")).sum();
-    assert_eq!(upgrades, 10, "each migration logged by exactly one replica");
+    assert_eq!(
+        upgrades,
+        migration_count(),
+        "each migration logged by exactly one replica"
+    );
     let mut conn = db.connect().await;
     let rows: Vec<(i64,)> =
         sqlx::query_as("SELECT version FROM gito_schema_migrations ORDER BY version")
             .fetch_all(&mut conn)
             .await
             .expect("versions");
-    assert_eq!(
-        rows,
-        [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (9,), (10,)]
-    );
+    let all: Vec<(i64,)> = (1..=migration_count() as i64).map(|v| (v,)).collect();
+    assert_eq!(rows, all);
     // The migration lock's key only: the connectivity sweepers and the background drift check
     // (GITO_MIGRATION_DRIFT=warn) take advisory locks of their own.
     let advisory: i64 = sqlx::query_scalar(
@@ -162,26 +164,34 @@ async fn migrate_commands_print_what_operators_expect() {
 
     let (ok, stdout, _) = run(&["migrate", "current"]).await;
     assert!(ok);
-    assert_eq!(stdout.trim(), "base (10 pending)");
+    assert_eq!(
+        stdout.trim(),
+        format!("base ({} pending)", migration_count())
+    );
 
     let (ok, stdout, stderr) = run(&["migrate", "up", "--to", "003"]).await;
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "applied 3 migration(s); now at 003_device_types (7 pending)"
+        format!(
+            "applied 3 migration(s); now at 003_device_types ({} pending)",
+            migration_count() - 3
+        )
     );
     assert_eq!(stderr.matches("Running upgrade").count(), 3, "{stderr}");
 
     let (ok, stdout, _) = run(&["migrate", "history"]).await;
     assert!(ok);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 10, "{stdout}");
+    assert_eq!(lines.len(), migration_count(), "{stdout}");
     assert!(
-        lines[0].starts_with("010_device_connectivity (head)") && lines[0].ends_with("pending"),
+        lines[0].starts_with(&format!("{} (head)", head_migration()))
+            && lines[0].ends_with("pending"),
         "{stdout}"
     );
     assert!(
-        lines[7].starts_with("003_device_types") && lines[7].contains("applied 20"),
+        lines[migration_count() - 3].starts_with("003_device_types")
+            && lines[migration_count() - 3].contains("applied 20"),
         "{stdout}"
     );
 
@@ -189,12 +199,16 @@ async fn migrate_commands_print_what_operators_expect() {
     assert!(ok);
     assert_eq!(
         stdout.trim(),
-        "reverted 1 migration(s); now at 002_device_hierarchy (8 pending)"
+        format!(
+            "reverted 1 migration(s); now at 002_device_hierarchy ({} pending)",
+            migration_count() - 2
+        )
     );
 
-    let (ok, stdout, stderr) = run(&["migrate", "stamp", "010_device_connectivity"]).await;
+    let head: &'static [&'static str] = Box::leak(Box::new(["migrate", "stamp", head_migration()]));
+    let (ok, stdout, stderr) = run(head).await;
     assert!(ok);
-    assert_eq!(stdout.trim(), "stamped 010_device_connectivity");
+    assert_eq!(stdout.trim(), format!("stamped {}", head_migration()));
     assert!(
         stderr.contains("without running any SQL"),
         "stamp warns: {stderr}"

@@ -132,3 +132,17 @@ pub async fn run_gito_api(db_url: &str, args: &[&str]) -> (bool, String, String)
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// The newest migration this binary embeds, e.g. `011_classification_rules`: tests about the
+/// runner count from the catalog, so a new migration does not break them.
+pub fn head_migration() -> &'static str {
+    &gito_api::migrate::Catalog::embedded()
+        .head()
+        .expect("at least one migration")
+        .name
+}
+
+/// How many migrations this binary embeds.
+pub fn migration_count() -> usize {
+    gito_api::migrate::Catalog::embedded().iter().count()
+}
