@@ -3,7 +3,8 @@
 window.ui = SwaggerUIBundle({
   url: document.getElementById("swagger-ui").dataset.url,
   dom_id: "#swagger-ui",
-  persistAuthorization: true,
+  // A token typed into "Authorize" is forgotten with the page: never kept in localStorage.
+  persistAuthorization: false,
   // No validator badge: it would load an image from validator.swagger.io.
   validatorUrl: null,
 });

@@ -239,6 +239,16 @@ async function main() {
     await docs.getByRole("heading", { name: /gito API/ }).first().waitFor({ timeout: 20000 });
     await docs.locator(".opblock").first().waitFor();
     assert((await docs.locator(".opblock").count()) > 40, "operations listed");
+    // A token given to "Authorize" is used for "Try it out" and forgotten with the page.
+    await docs.locator(".scheme-container button.authorize").click();
+    const modal = docs.locator(".modal-ux");
+    await modal.locator("input").first().fill(ADMIN);
+    await modal.locator("button.auth.authorize").click();
+    await modal.locator("button", { hasText: "Logout" }).waitFor();
+    assert(
+      (await docs.evaluate(() => localStorage.length)) === 0,
+      "the token given to Swagger UI stays out of localStorage",
+    );
     await docs.close();
   });
 
