@@ -206,15 +206,13 @@ async fn without_createdb_boot_warns_that_it_could_not_check_and_starts_and_chec
             .await
             .expect("role and database");
     }
-    let url = format!(
-        "{}/{name}",
-        admin
-            .url
-            .rsplit_once('/')
-            .expect("url")
-            .0
-            .replacen("postgres@", &format!("{role}@"), 1)
-    );
+    // The same server as the role without CREATEDB, whatever user and password the test server's
+    // URL names (CI's has a password).
+    let mut url = url::Url::parse(&admin.url).expect("url");
+    url.set_username(&role).expect("user");
+    url.set_password(None).expect("password");
+    url.set_path(&name);
+    let url = url.to_string();
 
     let mut api = ApiProcess::start({
         let mut c = gito_api(&url, &["serve"]);
