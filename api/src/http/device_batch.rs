@@ -19,7 +19,7 @@ use super::openapi::{ExternalId, Name, TenantPath};
 pub const MAX_BATCH_DEVICES: usize = 1000;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_batch))
+    OpenApiRouter::new().routes(routes!(create))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -100,7 +100,7 @@ struct BatchDevice {
 /// `invalid_field`; a body larger than `GITO_MAX_BODY_BYTES` is 413 before it is read.
 #[utoipa::path(post, path = "/tenants/{tenant_id}/devices/batch", tag = "devices", params(TenantPath), request_body = NewDevices,
     responses((status = 200, description = "Each requested device, in request order", body = BatchDevices)))]
-async fn create_batch(
+async fn create(
     State(state): State<AppState>,
     Path(tenant_id): Path<Uuid>,
     Json(body): Json<NewDevices>,

@@ -107,6 +107,16 @@ async fn batch_creates_then_finds_the_same_devices_in_request_order() {
 }
 
 #[tokio::test]
+async fn batch_is_in_the_openapi_document() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let operation = &doc["paths"]["/tenants/{tenant_id}/devices/batch"]["post"];
+    assert_eq!(operation["operationId"], "create_batch", "{operation}");
+    assert_eq!(operation["tags"], json!(["devices"]));
+}
+
+#[tokio::test]
 async fn batch_answers_admin_and_its_own_tenant_and_404_to_another_tenants_token() {
     let app = TestApp::spawn().await;
     let (mine, theirs) = (app.tenant("mine").await, app.tenant("theirs").await);
@@ -417,4 +427,45 @@ async fn batch_created_devices_get_the_best_matching_classification_rule() {
         ],
         "highest priority wins, no match stays unclassified, the item's own id wins, a found device is unchanged"
     );
+}
+
+#[tokio::test]
+async fn batch_created_devices_are_announced_on_gito_devices_and_found_ones_are_not() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("t").await;
+    let (status, body) = app.post(&batch(tenant), items(&paths("old", 1))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
+        .await
+        .expect("listener");
+    listener.listen("gito_devices").await.expect("listen");
+    let mut asked = paths("old", 1);
+    asked.extend(paths("new", 2));
+    let (status, body) = app.post(&batch(tenant), items(&asked)).await;
+    let devices = answered(status, &body, &asked);
+    let expected: HashSet<String> = devices[1..]
+        .iter()
+        .map(|d| json!({ "op": "changed", "id": d["id"] }).to_string())
+        .collect();
+    let mut heard = HashSet::new();
+    let deadline = std::time::Duration::from_secs(10);
+    while heard.len() < expected.len() {
+        let note = tokio::time::timeout(deadline, listener.recv())
+            .await
+            .expect("a notification before the deadline")
+            .expect("notification");
+        let payload: Value = serde_json::from_str(note.payload()).expect("JSON payload");
+        heard.insert(payload.to_string());
+    }
+    assert_eq!(heard, expected, "the created devices, not the found one");
+    // Nothing more: a marker notification sent now is the next one heard.
+    sqlx::query("SELECT pg_notify('gito_devices', 'marker')")
+        .execute(&app.pool)
+        .await
+        .expect("marker");
+    let next = tokio::time::timeout(deadline, listener.recv())
+        .await
+        .expect("the marker before the deadline")
+        .expect("notification");
+    assert_eq!(next.payload(), "marker", "the found device stayed silent");
 }
