@@ -62,17 +62,50 @@ impl Keyed for Device {
     "external_id": "SDE11/JAX/UTILITIES/BOILER/OPT_G",
     "device_type": "SDE11"
 }))]
-struct NewDevice {
+pub(super) struct NewDevice {
     #[schema(value_type = Name)]
-    name: String,
+    pub(super) name: String,
     #[schema(value_type = Option<ExternalId>)]
-    external_id: Option<String>,
+    pub(super) external_id: Option<String>,
     #[schema(value_type = Option<Name>)]
-    device_type: Option<String>,
-    device_type_id: Option<Uuid>,
-    organization_id: Option<Uuid>,
-    site_id: Option<Uuid>,
-    device_group_id: Option<Uuid>,
+    pub(super) device_type: Option<String>,
+    pub(super) device_type_id: Option<Uuid>,
+    pub(super) organization_id: Option<Uuid>,
+    pub(super) site_id: Option<Uuid>,
+    pub(super) device_group_id: Option<Uuid>,
+}
+
+/// A new device's fields once checked: the one validation of the single and the batch create.
+pub(super) struct CheckedDevice {
+    pub(super) name: String,
+    pub(super) external_id: Option<String>,
+    pub(super) device_type: Option<String>,
+    pub(super) device_type_id: Option<Uuid>,
+    pub(super) organization_id: Option<Uuid>,
+    pub(super) site_id: Option<Uuid>,
+    pub(super) device_group_id: Option<Uuid>,
+}
+
+impl NewDevice {
+    pub(super) fn check(self) -> Result<CheckedDevice, ApiError> {
+        Ok(CheckedDevice {
+            name: fields::text("name", &self.name, MAX_NAME_CHARS)?,
+            external_id: fields::optional_text(
+                "external_id",
+                self.external_id.as_deref(),
+                MAX_EXTERNAL_ID_CHARS,
+            )?,
+            device_type: fields::optional_text(
+                "device_type",
+                self.device_type.as_deref(),
+                MAX_NAME_CHARS,
+            )?,
+            device_type_id: self.device_type_id,
+            organization_id: self.organization_id,
+            site_id: self.site_id,
+            device_group_id: self.device_group_id,
+        })
+    }
 }
 
 /// Absent fields are kept; `null` clears a nullable one.
@@ -145,14 +178,7 @@ async fn create(
     Path(tenant_id): Path<Uuid>,
     Json(body): Json<NewDevice>,
 ) -> Result<(StatusCode, Json<Device>), ApiError> {
-    let name = fields::text("name", &body.name, MAX_NAME_CHARS)?;
-    let external_id = fields::optional_text(
-        "external_id",
-        body.external_id.as_deref(),
-        MAX_EXTERNAL_ID_CHARS,
-    )?;
-    let device_type =
-        fields::optional_text("device_type", body.device_type.as_deref(), MAX_NAME_CHARS)?;
+    let new = body.check()?;
     // One statement, safe under concurrent calls: on a known external_id the no-op update
     // returns the existing row, and `xmax = 0` tells a fresh insert from it. What the request does
     // not give comes from the best matching classification rule.
@@ -186,13 +212,13 @@ async fn create(
            FROM d LEFT JOIN device_connectivity c ON c.device_id = d.id"#,
         Uuid::now_v7(),
         tenant_id,
-        name,
-        external_id,
-        device_type,
-        body.device_type_id,
-        body.organization_id,
-        body.site_id,
-        body.device_group_id
+        new.name,
+        new.external_id,
+        new.device_type,
+        new.device_type_id,
+        new.organization_id,
+        new.site_id,
+        new.device_group_id
     )
     .fetch_one(&state.pool)
     .await?;
@@ -373,22 +399,22 @@ async fn remove(
 }
 
 /// A device as returned by the idempotent insert, with whether it was new.
-struct Upserted {
-    id: Uuid,
-    tenant_id: Uuid,
-    name: String,
-    external_id: Option<String>,
-    device_type: Option<String>,
-    device_type_id: Option<Uuid>,
-    organization_id: Option<Uuid>,
-    site_id: Option<Uuid>,
-    device_group_id: Option<Uuid>,
-    status: String,
-    last_seen_at: Option<OffsetDateTime>,
-    connectivity: String,
-    created_at: OffsetDateTime,
-    updated_at: OffsetDateTime,
-    created: bool,
+pub(super) struct Upserted {
+    pub(super) id: Uuid,
+    pub(super) tenant_id: Uuid,
+    pub(super) name: String,
+    pub(super) external_id: Option<String>,
+    pub(super) device_type: Option<String>,
+    pub(super) device_type_id: Option<Uuid>,
+    pub(super) organization_id: Option<Uuid>,
+    pub(super) site_id: Option<Uuid>,
+    pub(super) device_group_id: Option<Uuid>,
+    pub(super) status: String,
+    pub(super) last_seen_at: Option<OffsetDateTime>,
+    pub(super) connectivity: String,
+    pub(super) created_at: OffsetDateTime,
+    pub(super) updated_at: OffsetDateTime,
+    pub(super) created: bool,
 }
 
 impl From<Upserted> for Device {

@@ -7,6 +7,7 @@ mod classification_rules;
 mod classify;
 mod console;
 mod dead_letters;
+mod device_batch;
 mod device_groups;
 mod device_shapes;
 mod device_types;
@@ -113,6 +114,7 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(device_groups::router())
         .merge(device_types::router())
         .merge(devices::router())
+        .merge(device_batch::router())
         .merge(classification_rules::router())
         .merge(classify::router())
         .merge(device_shapes::router())

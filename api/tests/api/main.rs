@@ -1,6 +1,7 @@
 //! Black-box tests of gito-api against a real PostgreSQL: one binary, one module per concern.
 
 mod auth;
+mod batch;
 mod boot;
 mod classification;
 mod cli;
