@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use gito_runtime::shutdown;
 
 use crate::config::{
-    Cli, Command, DatabaseConfig, DatabaseUrl, MqttConfig, ServeConfig, TenantCommand, TokenCommand,
+    Cli, Command, DatabaseConfig, DatabaseUrl, MqttConfig, ServeConfig, StorageConfig,
+    TenantCommand, TokenCommand,
 };
 use crate::db_error::DbError;
 use crate::migrate::{MigrateError, commands};
@@ -50,7 +51,11 @@ fn is_transient(e: &anyhow::Error) -> bool {
 async fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Serve(config) => serve(config).await.map(|()| 0),
-        Command::Processor { database, mqtt } => processor(database, mqtt).await.map(|()| 0),
+        Command::Processor {
+            database,
+            mqtt,
+            storage,
+        } => processor(database, mqtt, storage).await.map(|()| 0),
         Command::Tenant {
             database,
             command: TenantCommand::Ensure { id, name },
@@ -112,7 +117,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     server.run(shutdown::on_signal()).await
 }
 
-async fn processor(database: DatabaseConfig, mqtt: MqttConfig) -> anyhow::Result<()> {
+async fn processor(
+    database: DatabaseConfig,
+    mqtt: MqttConfig,
+    storage: StorageConfig,
+) -> anyhow::Result<()> {
     let options = database
         .url
         .connect_options("gito-api processor")
@@ -124,5 +133,11 @@ async fn processor(database: DatabaseConfig, mqtt: MqttConfig) -> anyhow::Result
         .context("connecting to the database")?;
     // Nobody asks this process for `/status`; its metrics are the processor's log lines.
     let health = crate::status::Health::default();
-    crate::processor::run(mqtt.processor(), pool, health, shutdown::on_signal()).await
+    crate::processor::run(
+        mqtt.processor(&storage),
+        pool,
+        health,
+        shutdown::on_signal(),
+    )
+    .await
 }

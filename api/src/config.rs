@@ -61,6 +61,8 @@ pub enum Command {
         database: DatabaseConfig,
         #[command(flatten)]
         mqtt: MqttConfig,
+        #[command(flatten)]
+        storage: StorageConfig,
     },
     /// Create a tenant with a given id unless it exists (bootstrap for deployments).
     #[command(
@@ -201,6 +203,16 @@ pub struct ServeConfig {
     pub device_offline_after: Duration,
     #[command(flatten)]
     pub mqtt: MqttConfig,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+}
+
+/// How long telemetry is kept and how it is laid out (docs/ARCHITECTURE.md, "Storage").
+#[derive(Debug, Clone, Default, Args)]
+pub struct StorageConfig {
+    /// Days of telemetry kept for a tenant whose `retention_days` is not set; unset: forever.
+    #[arg(long, env = "GITO_TELEMETRY_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
 }
 
 /// The bounds every migration runs within, and where the migrations come from.
@@ -283,8 +295,9 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
-    pub fn processor(&self) -> crate::processor::ProcessorConfig {
+    pub fn processor(&self, storage: &StorageConfig) -> crate::processor::ProcessorConfig {
         crate::processor::ProcessorConfig {
+            retention_days: storage.retention_days,
             mqtt: self.mqtt_url.options(&self.processor_client_id),
             batch_size: self.batch_size.max(1),
             max_rows: self.batch_max_rows.max(1),

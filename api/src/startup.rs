@@ -137,7 +137,9 @@ impl Server {
             .await
             .map_err(DbError)
             .context("connecting to the database")?;
-        let processor = config.processor.then(|| config.mqtt.processor());
+        let processor = config
+            .processor
+            .then(|| config.mqtt.processor(&config.storage));
         let live = config.live.then(|| {
             let client_id = format!("gito-api-live-{}", Uuid::new_v4().simple());
             let live = Live::new(config.ws_send_timeout);

@@ -49,6 +49,8 @@ pub struct ProcessorConfig {
     pub max_bytes: usize,
     /// ...or this long after the first of them arrived.
     pub flush_after: Duration,
+    /// Days of telemetry kept for tenants without their own `retention_days`; `None`: forever.
+    pub retention_days: Option<u32>,
 }
 
 /// How often the device listener is checked when no batch does it.
@@ -242,6 +244,7 @@ mod tests {
             max_rows,
             max_bytes,
             flush_after: Duration::from_millis(50),
+            retention_days: None,
         }
     }
 
