@@ -10,6 +10,7 @@ pub mod drain;
 pub mod external;
 pub mod forwarder;
 pub mod identity;
+pub mod known;
 pub mod local;
 pub mod mapping;
 pub mod metrics;
@@ -33,6 +34,7 @@ use crate::api::DeviceResolver;
 use crate::config::BridgeConfig;
 use crate::forwarder::Context;
 use crate::identity::Receipts;
+use crate::known::KnownDevices;
 use crate::local::{LocalPublisher, Subscription};
 use crate::mapping::Mapping;
 use crate::metrics::Metrics;
@@ -77,11 +79,22 @@ pub async fn run_with_metrics(
             "resuming with messages left in the spool"
         );
     }
+    let known =
+        KnownDevices::open(&config.spool_dir, config.device_cache_max).with_context(|| {
+            format!(
+                "opening the devices journal in {}",
+                config.spool_dir.display()
+            )
+        })?;
+    tracing::info!(
+        devices = known.len(),
+        "device paths known from earlier runs"
+    );
     let resolver = DeviceResolver::new(
         &config.api_url,
         config.tenant_id,
         config.api_token.clone(),
-        config.device_cache_max,
+        known,
         config.max_new_devices_per_minute,
     )?;
     let client_id = format!("gito-bridge-{}", config.tenant_id);
