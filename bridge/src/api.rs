@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -29,8 +29,8 @@ use gito_runtime::{ExposeSecret as _, SecretString};
 pub const MAX_BATCH: usize = 1000;
 /// Batch calls in flight at once.
 const CALLS_IN_FLIGHT: usize = 4;
-/// A batch's body stays under this (the API's default `GITO_MAX_BODY_BYTES` is 1 MiB; one it
-/// refuses anyway is asked for again one path per call).
+/// A batch's body stays under about this at first (the API's default `GITO_MAX_BODY_BYTES` is
+/// 1 MiB); an API that refuses one as too large gets halves from then on.
 const BATCH_BYTES: usize = 512 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,6 +55,8 @@ pub struct DeviceResolver {
     budget: Option<Mutex<Budget>>,
     /// Paths whose batch call is in flight.
     waiting: AtomicI64,
+    /// Batches are cut to about this many bytes of body.
+    batch_bytes: AtomicUsize,
 }
 
 /// A token bucket of device creations: `per_minute` at once at most, refilled continuously.
@@ -141,6 +143,7 @@ impl DeviceResolver {
                 })
             }),
             waiting: AtomicI64::new(0),
+            batch_bytes: AtomicUsize::new(BATCH_BYTES),
         })
     }
 
@@ -205,7 +208,7 @@ impl DeviceResolver {
         }
         self.waiting_by(asked.len() as i64);
         // Made first, polled `CALLS_IN_FLIGHT` at a time (a future does nothing until polled).
-        let calls: Vec<_> = chunks(&asked)
+        let calls: Vec<_> = chunks(&asked, self.batch_bytes.load(Ordering::Relaxed))
             .into_iter()
             .map(|chunk| self.ask(chunk, metrics))
             .collect();
@@ -267,37 +270,42 @@ impl DeviceResolver {
         }
     }
 
-    /// One batch call for `chunk` (distinct paths): each path with its id and whether this call
-    /// created it. A batch the API refuses (one bad item refuses all) is asked for again one path
-    /// per call, so that only the bad one is refused.
+    /// Batch calls for `chunk` (distinct paths): each path with its id and whether this call
+    /// created it. A batch the API refuses as too large is asked for again in halves (and later
+    /// batches are cut smaller); one it refuses otherwise (one bad item refuses all) is asked for
+    /// again one path per call, so that only the bad one is refused.
     async fn ask<'a>(
         &self,
         chunk: &[&'a Mapped],
         metrics: &Metrics,
     ) -> Vec<(&'a str, Result<(Uuid, bool), ResolveError>)> {
-        let answer = self.batch(chunk, metrics).await;
-        match answer {
-            Ok(devices) => chunk
-                .iter()
-                .zip(devices)
-                .map(|(m, d)| (m.external_id.as_str(), Ok(d)))
-                .collect(),
-            Err(ResolveError::Rejected { .. }) if chunk.len() > 1 => {
-                let mut one_by_one = Vec::with_capacity(chunk.len());
-                for m in chunk {
-                    let result = self
-                        .batch(std::slice::from_ref(m), metrics)
-                        .await
-                        .map(|mut d| d.pop().expect("one answer"));
-                    one_by_one.push((m.external_id.as_str(), result));
+        let mut answers = Vec::with_capacity(chunk.len());
+        let mut parts = vec![chunk];
+        while let Some(part) = parts.pop() {
+            match self.batch(part, metrics).await {
+                Ok(devices) => answers.extend(
+                    part.iter()
+                        .zip(devices)
+                        .map(|(m, d)| (m.external_id.as_str(), Ok(d))),
+                ),
+                Err(ResolveError::Rejected { status, .. })
+                    if status == StatusCode::PAYLOAD_TOO_LARGE && part.len() > 1 =>
+                {
+                    let bytes: usize = part.iter().map(|m| item_bytes(m)).sum();
+                    self.batch_bytes.fetch_min(bytes / 2, Ordering::Relaxed);
+                    let (left, right) = part.split_at(part.len() / 2);
+                    parts.extend([right, left]);
                 }
-                one_by_one
+                Err(ResolveError::Rejected { .. }) if part.len() > 1 => {
+                    parts.extend(part.chunks(1).rev());
+                }
+                Err(e) => answers.extend(
+                    part.iter()
+                        .map(|m| (m.external_id.as_str(), Err(e.clone()))),
+                ),
             }
-            Err(e) => chunk
-                .iter()
-                .map(|m| (m.external_id.as_str(), Err(e.clone())))
-                .collect(),
         }
+        answers
     }
 
     async fn batch(
@@ -330,9 +338,11 @@ impl DeviceResolver {
         let devices: Vec<_> = chunk
             .iter()
             .map(|m| {
+                // The API names a device by its external_id when no name is given.
+                let name = (m.name != m.external_id).then_some(&m.name);
                 json!({
                     "external_id": m.external_id,
-                    "name": m.name,
+                    "name": name,
                     "device_type": m.device_type,
                 })
             })
@@ -383,14 +393,23 @@ impl DeviceResolver {
     }
 }
 
-/// `asked` cut into batches of `MAX_BATCH` paths and about `BATCH_BYTES` at most.
-fn chunks<'a, 'm>(asked: &'a [&'m Mapped]) -> Vec<&'a [&'m Mapped]> {
+/// About what `m` adds to a batch's body.
+fn item_bytes(m: &Mapped) -> usize {
+    let name = if m.name == m.external_id {
+        0
+    } else {
+        m.name.len()
+    };
+    48 + m.external_id.len() + name + m.device_type.as_ref().map_or(0, String::len)
+}
+
+/// `asked` cut into batches of `MAX_BATCH` paths and about `max_bytes` at most.
+fn chunks<'a, 'm>(asked: &'a [&'m Mapped], max_bytes: usize) -> Vec<&'a [&'m Mapped]> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, m) in asked.iter().enumerate() {
-        let size =
-            64 + m.external_id.len() + m.name.len() + m.device_type.as_ref().map_or(0, String::len);
-        if i > start && (i - start == MAX_BATCH || bytes + size > BATCH_BYTES) {
+        let size = item_bytes(m);
+        if i > start && (i - start == MAX_BATCH || bytes + size > max_bytes) {
             chunks.push(&asked[start..i]);
             (start, bytes) = (i, 0);
         }
@@ -400,4 +419,30 @@ fn chunks<'a, 'm>(asked: &'a [&'m Mapped]) -> Vec<&'a [&'m Mapped]> {
         chunks.push(&asked[start..]);
     }
     chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(i: usize) -> Mapped {
+        let external_id = format!("plant/{i:04}");
+        Mapped {
+            name: external_id.clone(),
+            external_id,
+            device_type: None,
+            metric: "v".into(),
+        }
+    }
+
+    #[test]
+    fn batches_hold_a_thousand_paths_or_fewer_bytes() {
+        let paths: Vec<Mapped> = (0..2500).map(path).collect();
+        let asked: Vec<&Mapped> = paths.iter().collect();
+        let sizes = |max| -> Vec<usize> { chunks(&asked, max).iter().map(|c| c.len()).collect() };
+        assert_eq!(sizes(BATCH_BYTES), [1000, 1000, 500]);
+        let per_item = item_bytes(&paths[0]);
+        assert_eq!(sizes(per_item * 600), [600, 600, 600, 600, 100]);
+        assert_eq!(sizes(1), vec![1; 2500], "one path per batch at least");
+    }
 }
