@@ -16,7 +16,7 @@
 //! (deleted through the API) is flushed at once, so that a restart does not bring it back.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read as _, Write as _};
+use std::io::{self, BufReader, BufWriter, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use hashlink::LruCache;
@@ -51,11 +51,12 @@ impl KnownDevices {
         fs::create_dir_all(dir)?;
         let path = dir.join("devices");
         let mut map = LruCache::new(max.max(1));
-        if let Ok(mut file) = File::open(&path) {
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)?;
-            // A torn last entry (a crash mid-write) is ignored.
-            for raw in bytes.chunks_exact(ENTRY) {
+        if let Ok(file) = File::open(&path) {
+            // Streamed: the journal is never in memory whole. A torn last entry (a crash
+            // mid-write) is ignored.
+            let mut reader = BufReader::with_capacity(1 << 16, file);
+            let mut raw = [0u8; ENTRY];
+            while reader.read_exact(&mut raw).is_ok() {
                 let key: PathKey = raw[1..17].try_into().expect("16 bytes");
                 let id = Uuid::from_bytes(raw[17..33].try_into().expect("16 bytes"));
                 match raw[0] {
@@ -137,13 +138,7 @@ impl KnownDevices {
     }
 
     fn write(&mut self, kind: u8, key: &PathKey, device_id: Uuid) {
-        let mut entry = [0u8; ENTRY];
-        entry[0] = kind;
-        entry[1..17].copy_from_slice(key);
-        entry[17..33].copy_from_slice(device_id.as_bytes());
-        // A failed write shows at the next flush.
-        let _ = self.journal.write_all(&entry);
-        self.journal_len += ENTRY as u64;
+        self.journal_len += write_entry(&mut self.journal, kind, key, device_id);
     }
 
     /// Rewrites the journal with one entry per known path, least recently used first (so that a
@@ -152,15 +147,24 @@ impl KnownDevices {
         let fresh = self.path.with_extension("new");
         self.journal = BufWriter::new(File::create(&fresh)?);
         self.journal_len = 0;
-        let entries: Vec<(PathKey, Uuid)> = self.map.iter().map(|(k, v)| (*k, *v)).collect();
-        for (key, id) in entries {
-            self.write(KNOWN, &key, id);
+        for (key, id) in self.map.iter() {
+            self.journal_len += write_entry(&mut self.journal, KNOWN, key, *id);
         }
         self.journal.flush()?;
         self.journal.get_ref().sync_data()?;
         // The open handle follows the file: later entries are appended to the new journal.
         fs::rename(&fresh, &self.path)
     }
+}
+
+/// Appends one entry; its size. A failed write shows at the next flush.
+fn write_entry(journal: &mut BufWriter<File>, kind: u8, key: &PathKey, device_id: Uuid) -> u64 {
+    let mut entry = [0u8; ENTRY];
+    entry[0] = kind;
+    entry[1..17].copy_from_slice(key);
+    entry[17..33].copy_from_slice(device_id.as_bytes());
+    let _ = journal.write_all(&entry);
+    ENTRY as u64
 }
 
 #[cfg(test)]
