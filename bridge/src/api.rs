@@ -151,6 +151,13 @@ impl DeviceResolver {
         self.known.lock().expect("known lock").get(external_id)
     }
 
+    /// The device map is kept up to date by the device events until now.
+    pub fn alive(&self) {
+        if let Err(e) = self.known.lock().expect("known lock").alive() {
+            tracing::warn!(error = %e, "cannot mark the devices journal alive");
+        }
+    }
+
     pub fn cached_len(&self) -> usize {
         self.known.lock().expect("known lock").len()
     }

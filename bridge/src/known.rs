@@ -18,6 +18,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use hashlink::LruCache;
 use sha2::{Digest as _, Sha256};
@@ -46,12 +47,23 @@ pub struct KnownDevices {
 }
 
 impl KnownDevices {
-    /// Opens (or creates) the journal in `dir`, keeping `max` paths at most.
-    pub fn open(dir: &Path, max: usize) -> io::Result<KnownDevices> {
+    /// Opens (or creates) the journal in `dir`, keeping `max` paths at most. A journal last
+    /// marked alive (`alive`) longer than `trusted_for` ago is not read: the deletions announced
+    /// meanwhile may have been missed, so every path is asked for again.
+    pub fn open(dir: &Path, max: usize, trusted_for: Duration) -> io::Result<KnownDevices> {
         fs::create_dir_all(dir)?;
         let path = dir.join("devices");
         let mut map = LruCache::new(max.max(1));
-        if let Ok(file) = File::open(&path) {
+        let away = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| SystemTime::now().duration_since(at).ok());
+        if away.is_some_and(|away| away > trusted_for) {
+            tracing::warn!(
+                away_secs = away.map(|a| a.as_secs()),
+                "the bridge was away longer than the local broker keeps device events for it: every device path is asked for again"
+            );
+        } else if let Ok(file) = File::open(&path) {
             // Streamed: the journal is never in memory whole. A torn last entry (a crash
             // mid-write) is ignored.
             let mut reader = BufReader::with_capacity(1 << 16, file);
@@ -78,6 +90,11 @@ impl KnownDevices {
         };
         known.compact()?;
         Ok(known)
+    }
+
+    /// Marks the journal as kept up to date until now (see `open`).
+    pub fn alive(&self) -> io::Result<()> {
+        self.journal.get_ref().set_modified(SystemTime::now())
     }
 
     /// The device of `path`, if known (it becomes the most recently used).
@@ -173,11 +190,13 @@ mod tests {
 
     use super::*;
 
+    const DAY: Duration = Duration::from_secs(86_400);
+
     #[test]
     fn known_and_forgotten_paths_survive_a_restart_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let mut known = KnownDevices::open(dir.path(), 100).expect("open");
+        let mut known = KnownDevices::open(dir.path(), 100, DAY).expect("open");
         known.insert("plant/a", a);
         known.insert("plant/b", b);
         known.insert("plant/c", c);
@@ -192,7 +211,7 @@ mod tests {
             .open(dir.path().join("devices"))
             .expect("journal");
         file.write_all(&[KNOWN, 1, 2, 3]).expect("torn write");
-        let mut known = KnownDevices::open(dir.path(), 100).expect("reopen");
+        let mut known = KnownDevices::open(dir.path(), 100, DAY).expect("reopen");
         assert_eq!(known.get("plant/a"), Some(a));
         assert_eq!(known.get("plant/b"), None);
         assert_eq!(known.get("plant/c"), None);
@@ -202,7 +221,7 @@ mod tests {
     #[test]
     fn past_its_bound_the_least_recently_used_path_goes_first_and_a_restart_keeps_the_bound() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut known = KnownDevices::open(dir.path(), 2).expect("open");
+        let mut known = KnownDevices::open(dir.path(), 2, DAY).expect("open");
         let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
         known.insert("p/0", ids[0]);
         known.insert("p/1", ids[1]);
@@ -211,7 +230,7 @@ mod tests {
         assert_eq!(known.get("p/1"), None, "least recently used");
         known.flush().expect("flush");
         drop(known);
-        let mut known = KnownDevices::open(dir.path(), 2).expect("reopen");
+        let mut known = KnownDevices::open(dir.path(), 2, DAY).expect("reopen");
         assert_eq!(known.len(), 2);
         assert_eq!(known.get("p/2"), Some(ids[2]), "the last learned is kept");
     }
@@ -219,7 +238,7 @@ mod tests {
     #[test]
     fn the_journal_is_compacted_while_running() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut known = KnownDevices::open(dir.path(), 10).expect("open");
+        let mut known = KnownDevices::open(dir.path(), 10, DAY).expect("open");
         let rounds = 2 * SLACK as usize / ENTRY;
         for i in 0..rounds {
             known.insert(&format!("p/{}", i % 10), Uuid::now_v7());
@@ -230,8 +249,45 @@ mod tests {
             .len();
         assert!(len <= SLACK + 20 * ENTRY as u64, "compacted: {len} bytes");
         assert_eq!(
-            KnownDevices::open(dir.path(), 10).expect("reopen").len(),
+            KnownDevices::open(dir.path(), 10, DAY)
+                .expect("reopen")
+                .len(),
             10
+        );
+    }
+}
+
+#[cfg(test)]
+mod trust {
+    use std::fs::OpenOptions;
+
+    use super::*;
+
+    #[test]
+    fn a_journal_not_kept_alive_for_too_long_is_not_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hour = Duration::from_secs(3600);
+        let mut known = KnownDevices::open(dir.path(), 10, hour).expect("open");
+        known.insert("p/0", Uuid::now_v7());
+        known.flush().expect("flush");
+        known.alive().expect("alive");
+        drop(known);
+        assert_eq!(
+            KnownDevices::open(dir.path(), 10, hour)
+                .expect("reopen")
+                .len(),
+            1
+        );
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("devices"))
+            .expect("journal");
+        file.set_modified(SystemTime::now() - 2 * hour)
+            .expect("age it");
+        assert!(
+            KnownDevices::open(dir.path(), 10, hour)
+                .expect("reopen")
+                .is_empty()
         );
     }
 }
