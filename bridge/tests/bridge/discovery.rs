@@ -115,3 +115,47 @@ async fn two_thousand_new_devices_are_found_in_a_few_batch_calls_and_a_restart_a
     assert_eq!(stack.devices().await.len(), DEVICES as usize);
     bridge.kill().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_the_api_refuses_in_a_batch_is_dropped_alone_and_the_others_are_created() {
+    let mut stack = Stack::start().await;
+    let collector = Collector::subscribe(&stack.local.url(), &stack.telemetry_filter()).await;
+    stack.stop_api().await;
+    let bridge = RunningBridge::start(stack.config()).await;
+    let mut device = Device::connect(&stack.external.url()).await;
+    let mut good = Vec::new();
+    for seq in 0..20 {
+        let topic = format!("BATCH/D{seq:02}/v");
+        device.publish(&topic, reading(seq)).await;
+        good.push((topic, seq));
+        if seq % 10 == 5 {
+            // A device name with a leading space: the API refuses it (422), so the whole batch.
+            device.publish(" BATCH/BAD/v", reading(seq)).await;
+        }
+    }
+    device.finish().await;
+    let metrics = bridge.metrics.clone();
+    wait(DEADLINE, "everything spooled", || async {
+        metrics.spooled.load(Ordering::SeqCst) >= 22
+    })
+    .await;
+    stack.start_api().await;
+    collector.wait_for_all(&good, DEADLINE).await;
+    wait(DEADLINE, "the refused path's messages counted", || async {
+        metrics.dropped_total(gito_bridge::metrics::DropReason::ApiRejected) >= 2
+    })
+    .await;
+    assert_eq!(
+        metrics.dropped_total(gito_bridge::metrics::DropReason::ApiRejected),
+        2
+    );
+    assert_eq!(metrics.devices_created.load(Ordering::SeqCst), 20);
+    assert_eq!(stack.devices().await.len(), 20);
+    assert!(
+        collector.all().iter().all(|r| r.key().0 != " BATCH/BAD/v"),
+        "nothing of the refused path"
+    );
+    collector.assert_one_identity_per_message();
+    collector.assert_ordered_per_source();
+    bridge.stop().await;
+}
