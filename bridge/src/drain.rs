@@ -6,13 +6,17 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use uuid::Uuid;
+
 use crate::api::ResolveError;
 use crate::forwarder::Context;
+use crate::mapping::Mapped;
 use crate::metrics::DropReason;
+use crate::spool::Record;
 use gito_runtime::Backoff;
 
-/// Records the drainer republishes per spool commit.
-const DRAIN_BATCH: usize = 500;
+/// Records the drainer republishes per spool commit: as many new paths as one batch call takes.
+const DRAIN_BATCH: usize = crate::api::MAX_BATCH;
 
 /// Republishes the spool, oldest first, whenever it has records.
 pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
@@ -39,35 +43,11 @@ pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
             }
             continue;
         }
+        let Some(devices) = resolve_all(&ctx, &records, &stop, &mut api_backoff).await else {
+            return;
+        };
         let mut deliveries = Vec::with_capacity(records.len());
-        for record in &records {
-            let device_id = loop {
-                if let Some(id) = record.device_id {
-                    break Some(id);
-                }
-                match ctx.resolver.resolve(&record.mapped(), &ctx.metrics).await {
-                    Ok(id) => {
-                        api_backoff.reset();
-                        break Some(id);
-                    }
-                    Err(ResolveError::Rejected { status, body }) => {
-                        ctx.metrics.dropped(DropReason::ApiRejected, 1);
-                        tracing::error!(%status, body, external_id = record.external_id, "the API refused the device; spooled message dropped");
-                        break None;
-                    }
-                    Err(ResolveError::OverBudget) => {
-                        // Refills continuously: try again soon, without backing off.
-                        if sleep_or_stop(&stop, Duration::from_millis(100)).await {
-                            return;
-                        }
-                    }
-                    Err(ResolveError::Unavailable(_)) => {
-                        if sleep_or_stop(&stop, api_backoff.next_delay()).await {
-                            return;
-                        }
-                    }
-                }
-            };
+        for (record, device_id) in records.iter().zip(devices) {
             if let Some(id) = device_id {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -96,6 +76,58 @@ pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
             tracing::error!(error = %e, "cannot commit the spool cursor; the batch will be republished");
         }
     }
+}
+
+/// The device of each record (`None`: the API refused it, the record is dropped and counted),
+/// the unknown ones asked for together, retried until each is answered; `None` at shutdown.
+async fn resolve_all(
+    ctx: &Context,
+    records: &[Record],
+    stop: &CancellationToken,
+    api_backoff: &mut Backoff,
+) -> Option<Vec<Option<Uuid>>> {
+    let mut devices: Vec<Option<Uuid>> = records.iter().map(|r| r.device_id).collect();
+    // The records still without an answer.
+    let mut open: Vec<usize> = (0..records.len())
+        .filter(|&i| devices[i].is_none())
+        .collect();
+    while !open.is_empty() {
+        let mapped: Vec<Mapped> = open.iter().map(|&i| records[i].mapped()).collect();
+        let answers = ctx.resolver.resolve_many(&mapped, &ctx.metrics).await;
+        let (mut over_budget, mut unavailable) = (false, false);
+        let mut still = Vec::new();
+        for (i, answer) in open.into_iter().zip(answers) {
+            match answer {
+                Ok(id) => devices[i] = Some(id),
+                Err(ResolveError::Rejected { status, body }) => {
+                    let record = &records[i];
+                    ctx.metrics.dropped(DropReason::ApiRejected, 1);
+                    tracing::error!(%status, body, external_id = record.external_id, "the API refused the device; spooled message dropped");
+                }
+                Err(ResolveError::OverBudget) => {
+                    over_budget = true;
+                    still.push(i);
+                }
+                Err(ResolveError::Unavailable(_)) => {
+                    unavailable = true;
+                    still.push(i);
+                }
+            }
+        }
+        open = still;
+        if unavailable {
+            if sleep_or_stop(stop, api_backoff.next_delay()).await {
+                return None;
+            }
+        } else {
+            api_backoff.reset();
+            // The budget refills continuously: try again soon, without backing off.
+            if over_budget && sleep_or_stop(stop, Duration::from_millis(100)).await {
+                return None;
+            }
+        }
+    }
+    Some(devices)
 }
 
 /// Sleeps; `true` when `stop` fired first.

@@ -24,10 +24,10 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::api::{DeviceResolver, ResolveError};
+use crate::api::{self, DeviceResolver, ResolveError};
 use crate::identity::{Identity, Receipts, fingerprint};
 use crate::local::{Delivery, LocalPublisher};
-use crate::mapping::{Mapping, Unmapped};
+use crate::mapping::{Mapped, Mapping, Unmapped};
 use crate::metrics::{DropReason, Metrics};
 use crate::payload::{self, Rejected};
 use crate::replay::ReplayWindow;
@@ -256,14 +256,13 @@ impl Forwarder {
     }
 
     async fn handle(&mut self, publish: Publish, incoming: &mut mpsc::Receiver<Publish>) {
-        let Some((mut record, ack)) = self.prepare(&publish) else {
+        let Some(first) = self.prepare(&publish) else {
             return;
         };
-        let ctx = self.ctx.clone();
-        if ctx.spool.is_active() {
+        if self.ctx.spool.is_active() {
             // Behind the spool: append this one and whatever else is already waiting, with one
             // fsync.
-            let mut batch = vec![(record, ack)];
+            let mut batch = vec![first];
             while batch.len() < SPOOL_BATCH {
                 let Ok(next) = incoming.try_recv() else { break };
                 if let Some(prepared) = self.prepare(&next) {
@@ -273,7 +272,47 @@ impl Forwarder {
             self.spool_and_ack(Vec::new(), batch, incoming).await;
             return;
         }
-        let device_id = match ctx.resolver.resolve(&record.mapped(), &ctx.metrics).await {
+        let mut batch = vec![first];
+        if self.ctx.resolver.cached(&batch[0].0.external_id).is_none() {
+            // A new path: it is asked for together with the new paths of whatever else is
+            // already waiting, in as few batch calls as possible.
+            while batch.len() < api::MAX_BATCH {
+                let Ok(next) = incoming.try_recv() else { break };
+                if let Some(prepared) = self.prepare(&next) {
+                    batch.push(prepared);
+                }
+            }
+        }
+        let mapped: Vec<Mapped> = batch.iter().map(|(record, _)| record.mapped()).collect();
+        let resolved = self
+            .ctx
+            .resolver
+            .resolve_many(&mapped, &self.ctx.metrics)
+            .await;
+        let mut rest = batch.into_iter().zip(resolved);
+        while let Some(((record, ack), resolved)) = rest.next() {
+            if self.ctx.spool.is_active() {
+                // Spilled meanwhile: the rest goes behind it, in order.
+                let behind = std::iter::once((record, ack))
+                    .chain(rest.map(|(prepared, _)| prepared))
+                    .collect();
+                self.spool_and_ack(Vec::new(), behind, incoming).await;
+                return;
+            }
+            self.forward_one(record, ack, resolved, incoming).await;
+        }
+    }
+
+    /// Republishes one message whose device was looked up, or spools it.
+    async fn forward_one(
+        &mut self,
+        mut record: Record,
+        ack: Ack,
+        resolved: Result<Uuid, ResolveError>,
+        incoming: &mut mpsc::Receiver<Publish>,
+    ) {
+        let ctx = self.ctx.clone();
+        let device_id = match resolved {
             Ok(id) => id,
             Err(ResolveError::Rejected { status, body }) => {
                 ctx.metrics.dropped(DropReason::ApiRejected, 1);

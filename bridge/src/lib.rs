@@ -10,6 +10,7 @@ pub mod drain;
 pub mod external;
 pub mod forwarder;
 pub mod identity;
+pub mod known;
 pub mod local;
 pub mod mapping;
 pub mod metrics;
@@ -33,6 +34,7 @@ use crate::api::DeviceResolver;
 use crate::config::BridgeConfig;
 use crate::forwarder::Context;
 use crate::identity::Receipts;
+use crate::known::KnownDevices;
 use crate::local::{LocalPublisher, Subscription};
 use crate::mapping::Mapping;
 use crate::metrics::Metrics;
@@ -43,6 +45,11 @@ use crate::spool::{Spool, SpoolHandle};
 const LOCAL_INFLIGHT: usize = 1024;
 /// How long the local broker keeps our session (and the device events for it) after a disconnect.
 const LOCAL_SESSION_EXPIRY: Duration = Duration::from_secs(3600);
+/// How often the device map is marked as kept up to date by the device events (see `known`).
+const ALIVE_EVERY: Duration = Duration::from_secs(60);
+/// A device map not kept up to date for this long is not trusted at start: the local broker may
+/// have dropped our session, and the deletions announced in it, by then.
+const MAP_TRUSTED_FOR: Duration = LOCAL_SESSION_EXPIRY.saturating_sub(Duration::from_secs(300));
 /// How long shutdown waits for in-flight messages to be acknowledged.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a broker connection may take to send its disconnect at shutdown.
@@ -77,11 +84,22 @@ pub async fn run_with_metrics(
             "resuming with messages left in the spool"
         );
     }
+    let known = KnownDevices::open(&config.spool_dir, config.device_cache_max, MAP_TRUSTED_FOR)
+        .with_context(|| {
+            format!(
+                "opening the devices journal in {}",
+                config.spool_dir.display()
+            )
+        })?;
+    tracing::info!(
+        devices = known.len(),
+        "device paths known from earlier runs"
+    );
     let resolver = DeviceResolver::new(
         &config.api_url,
         config.tenant_id,
         config.api_token.clone(),
-        config.device_cache_max,
+        known,
         config.max_new_devices_per_minute,
     )?;
     let client_id = format!("gito-bridge-{}", config.tenant_id);
@@ -235,15 +253,21 @@ async fn until_disconnected(
 }
 
 /// Forgets each device gito-api announces as deleted, so that its path's next message creates a
-/// new (unassigned) device instead of going to an id that no longer exists.
+/// new (unassigned) device instead of going to an id that no longer exists; and marks the device
+/// map as kept up to date meanwhile, so that a restart within the local session's expiry trusts it.
 async fn forget_deleted_devices(
     ctx: Arc<Context>,
     mut events: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut alive = tokio::time::interval(ALIVE_EVERY);
     loop {
         let payload = tokio::select! {
             () = stop.cancelled() => return Ok(()),
+            _ = alive.tick() => {
+                ctx.resolver.alive();
+                continue;
+            }
             next = events.recv() => match next {
                 Some(payload) => payload,
                 None => return Ok(()),

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub received: Count,
     pub republished: Count,
     pub devices_created: Count,
+    /// Batch calls to gito-api answered (each finds or creates up to 1000 devices).
+    pub batch_calls: Count,
     pub spooled: Count,
     pub api_errors: Count,
     pub broker_errors: Count,
@@ -165,6 +167,10 @@ impl Default for Metrics {
             devices_created: Count::new(
                 "devices_created",
                 "Devices the API created for new topics",
+            ),
+            batch_calls: Count::new(
+                "batch_calls",
+                "Batch calls to gito-api answered (each finds or creates up to 1000 devices)",
             ),
             spooled: Count::new("spooled", "Messages written to the on-disk spool"),
             api_errors: Count::new("api_errors", "Failed calls to gito-api"),
@@ -237,11 +243,12 @@ impl Metrics {
         self.dropped[reason as usize].load(Ordering::Relaxed)
     }
 
-    fn counters(&self) -> [&Count; 13] {
+    fn counters(&self) -> [&Count; 14] {
         [
             &self.received,
             &self.republished,
             &self.devices_created,
+            &self.batch_calls,
             &self.spooled,
             &self.api_errors,
             &self.broker_errors,
@@ -290,8 +297,17 @@ impl Metrics {
         metrics::describe_histogram!(
             "gito_bridge_api_request_duration_seconds",
             metrics::Unit::Seconds,
-            "Latency of gito-api device lookups (find or create)"
+            "Latency of gito-api device lookups (batch calls: find or create)"
         );
+        metrics::describe_histogram!(
+            "gito_bridge_batch_devices",
+            "Devices found or created per answered batch call"
+        );
+        metrics::describe_gauge!(
+            "gito_bridge_paths_waiting",
+            "New device paths whose batch call is in flight"
+        );
+        metrics::gauge!("gito_bridge_paths_waiting").set(0.0);
     }
 
     /// One line for the log.

@@ -4,6 +4,7 @@
 mod bounds;
 mod classification;
 mod delivery;
+mod discovery;
 mod faults;
 mod helpers;
 mod mapping;

@@ -86,10 +86,15 @@ async fn a_hundred_messages_move_the_bridge_series_by_exactly_that_and_the_spool
         1.0
     );
     assert_eq!(after.value("gito_bridge_devices_created_total", &[]), 10.0);
+    // Ten new paths: found in batch calls, each timed, none of them failed.
+    let calls = after.value("gito_bridge_batch_calls_total", &[]);
+    assert!((1.0..=10.0).contains(&calls), "{calls} batch calls");
     assert_eq!(
         after.value("gito_bridge_api_request_duration_seconds_count", &[]),
-        10.0
+        calls
     );
+    assert_eq!(after.value("gito_bridge_batch_devices_sum", &[]), 10.0);
+    assert_eq!(after.value("gito_bridge_paths_waiting", &[]), 0.0);
     assert_eq!(after.value("gito_bridge_local_connected", &[]), 1.0);
 
     // Ten more devices: no new series.
