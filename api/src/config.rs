@@ -477,6 +477,17 @@ mod tests {
     }
 
     #[test]
+    fn partition_intervals_are_hours_dividing_a_day_or_whole_days_up_to_30() {
+        assert_eq!(parse_partition_interval("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_partition_interval("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_partition_interval("48h"), Ok(Duration::from_secs(2 * 86_400)));
+        assert_eq!(parse_partition_interval("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        for bad in ["", "0h", "1", "5h", "25h", "31d", "1w", "30m", "1.5d", "-1d"] {
+            assert!(parse_partition_interval(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn connections_say_who_they_are_unless_the_url_does() {
         let named = connect_options("postgres://u@h/db", "gito-api").expect("URL");
         assert_eq!(named.get_application_name(), Some("gito-api"));

@@ -11,7 +11,7 @@ use gito_api::migrate::repair::{Action, repair};
 use gito_api::migrate::{self, Catalog, DownTarget, RunOptions};
 use gito_api::partitions;
 use sqlx::PgPool;
-use testkit::db::TestDb;
+use crate::helpers::TestDb;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -44,9 +44,9 @@ async fn populate(pool: &PgPool, rows: i64) {
         "INSERT INTO telemetry (device_id, ts, metric, value)
          SELECT ($1::uuid[])[1 + i % $3], 
                 CASE WHEN i % 100 = 0 THEN now() + (i % 30 + 1) * INTERVAL '1 day' + i * INTERVAL '1 ms'
-                     ELSE now() - INTERVAL '60 days' + i * (INTERVAL '60 days' / $2) END,
+                     ELSE now() - INTERVAL '60 days' + i * (INTERVAL '60 days' / greatest($2, 1)) END,
                 'm' || (i % 5), i
-         FROM generate_series(0, $2 - 1) i",
+         FROM generate_series(0, $2 - 1) i WHERE $2 > 0",
     )
     .bind(&ids)
     .bind(rows)
@@ -252,7 +252,7 @@ async fn two_maintainers_at_once_create_the_same_partitions_once() {
         PgPool::connect(&db.url).await.expect("pool b"),
     );
     let config = StorageConfig {
-        partitions_ahead: 30,
+        partitions_ahead: 60,
         partition_interval: Duration::from_secs(6 * 3600),
         ..StorageConfig::default()
     };

@@ -137,20 +137,21 @@ async fn retention_drops_a_partition_only_when_every_tenants_data_in_it_expired(
     let f = device_with_60_days(pool, forever, now).await;
     let partitions_before = partition_count(pool).await;
 
-    // One tenant keeps everything (no default): no partition may go; `short` loses its old rows.
+    // One tenant keeps everything (no default): no partition may go; `short` and `long` lose
+    // their old rows by batches.
     let mut conn = pool.acquire().await.expect("conn");
     let (dropped, deleted) = partitions::enforce_retention(&mut conn, None, now)
         .await
         .expect("retention");
     assert!(dropped.is_empty(), "{dropped:?}");
-    // Samples exactly at the cutoff stay: days 0..=10.
-    assert_eq!(deleted, 49, "short's rows older than 10 days");
+    // Samples exactly at the cutoff stay: days 0..=10 and 0..=40.
+    assert_eq!(deleted, 49 + 19, "rows older than 10 and 40 days");
     assert_eq!(oldest_days(pool, s, now).await.0, 11);
-    assert_eq!(oldest_days(pool, l, now).await.0, 60);
+    assert_eq!(oldest_days(pool, l, now).await.0, 41);
     assert_eq!(oldest_days(pool, f, now).await.0, 60);
 
-    // Now `forever` keeps 5 days: partitions older than 40 days go; `forever` loses the rest by
-    // batches, `long` keeps its 40 days.
+    // Now `forever` keeps 5 days: partitions older than 40 days go (with `forever`'s rows in
+    // them), `forever` loses the rest by batches, `long` keeps its 40 days.
     app.patch(&format!("/tenants/{forever}"), json!({ "retention_days": 5 })).await;
     let (dropped, deleted) = partitions::enforce_retention(&mut conn, None, now)
         .await
@@ -162,7 +163,7 @@ async fn retention_drops_a_partition_only_when_every_tenants_data_in_it_expired(
     assert!(oldest <= 40.0, "{oldest}");
     assert_eq!(oldest_days(pool, f, now).await.0, 6);
     assert_eq!(oldest_days(pool, s, now).await.0, 11);
-    assert!(deleted > 0);
+    assert_eq!(deleted, 35, "forever's days 6..=40, the older ones went with their partitions");
 
     // Again: nothing left to do.
     let again = partitions::enforce_retention(&mut conn, None, now)
