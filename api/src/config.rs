@@ -235,7 +235,8 @@ impl Default for StorageConfig {
 /// A partition width: whole hours (`6h`) or days (`1d`), from one hour to 30 days, dividing a
 /// day or made of whole days so that partitions line up with UTC days.
 pub fn parse_partition_interval(s: &str) -> Result<Duration, String> {
-    let expected = || format!("expected a partition interval from 1h to 30d such as 1d or 6h, got {s:?}");
+    let expected =
+        || format!("expected a partition interval from 1h to 30d such as 1d or 6h, got {s:?}");
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(expected)?;
     let (number, unit) = s.split_at(split);
     let number: u64 = number.parse().map_err(|_| expected())?;
@@ -248,7 +249,9 @@ pub fn parse_partition_interval(s: &str) -> Result<Duration, String> {
         return Err(expected());
     }
     if hours < 24 && 24 % hours != 0 || hours >= 24 && hours % 24 != 0 {
-        return Err(format!("{s:?} must divide a day (1h, 2h, 3h, 4h, 6h, 8h, 12h) or be whole days"));
+        return Err(format!(
+            "{s:?} must divide a day (1h, 2h, 3h, 4h, 6h, 8h, 12h) or be whole days"
+        ));
     }
     Ok(Duration::from_secs(hours * 3600))
 }
@@ -478,11 +481,25 @@ mod tests {
 
     #[test]
     fn partition_intervals_are_hours_dividing_a_day_or_whole_days_up_to_30() {
-        assert_eq!(parse_partition_interval("1d"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_partition_interval("6h"), Ok(Duration::from_secs(6 * 3600)));
-        assert_eq!(parse_partition_interval("48h"), Ok(Duration::from_secs(2 * 86_400)));
-        assert_eq!(parse_partition_interval("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        for bad in ["", "0h", "1", "5h", "25h", "31d", "1w", "30m", "1.5d", "-1d"] {
+        assert_eq!(
+            parse_partition_interval("1d"),
+            Ok(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_partition_interval("6h"),
+            Ok(Duration::from_secs(6 * 3600))
+        );
+        assert_eq!(
+            parse_partition_interval("48h"),
+            Ok(Duration::from_secs(2 * 86_400))
+        );
+        assert_eq!(
+            parse_partition_interval("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        for bad in [
+            "", "0h", "1", "5h", "25h", "31d", "1w", "30m", "1.5d", "-1d",
+        ] {
             assert!(parse_partition_interval(bad).is_err(), "{bad:?}");
         }
     }

@@ -90,7 +90,9 @@ pub async fn run(
                 );
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "telemetry partition maintenance failed; retrying next round"),
+            Err(e) => {
+                tracing::warn!(error = %e, "telemetry partition maintenance failed; retrying next round")
+            }
         }
     }
 }
@@ -233,7 +235,9 @@ async fn create_partition(
              INSERT INTO {name} (device_id, ts, metric, value, value_json, flagged)
              SELECT device_id, ts, metric, value, value_json, flagged FROM moved"
         ),
-        format!("ALTER TABLE {name} ADD CONSTRAINT {name}_bounds CHECK (ts >= {from} AND ts < {to})"),
+        format!(
+            "ALTER TABLE {name} ADD CONSTRAINT {name}_bounds CHECK (ts >= {from} AND ts < {to})"
+        ),
         format!("ALTER TABLE telemetry ATTACH PARTITION {name} FOR VALUES FROM ({from}) TO ({to})"),
         format!("ALTER TABLE {name} DROP CONSTRAINT {name}_bounds"),
     ];
@@ -312,7 +316,10 @@ pub async fn enforce_retention(
         .into_iter()
         .map(|t| Retention {
             tenant_id: t.id,
-            days: t.retention_days.map(i64::from).or(default_days.map(i64::from)),
+            days: t
+                .retention_days
+                .map(i64::from)
+                .or(default_days.map(i64::from)),
         })
         .collect();
     // The longest retention of all: None (forever) as soon as one tenant keeps everything.
@@ -337,7 +344,10 @@ pub async fn enforce_retention(
                     }
                     // Busy (a long query reads it): next round.
                     Err(e) if is_lock_timeout(&e) => {
-                        tracing::info!(partition = p.name, "partition busy; dropping it next round");
+                        tracing::info!(
+                            partition = p.name,
+                            "partition busy; dropping it next round"
+                        );
                     }
                     Err(e) => return Err(e),
                 }
@@ -485,7 +495,10 @@ mod tests {
     fn uncovered_leaves_only_the_gaps() {
         assert_eq!(uncovered((0, 10), &[]), vec![(0, 10)]);
         assert_eq!(uncovered((0, 10), &[(i64::MIN, 4)]), vec![(4, 10)]);
-        assert_eq!(uncovered((0, 10), &[(2, 4), (6, 8)]), vec![(0, 2), (4, 6), (8, 10)]);
+        assert_eq!(
+            uncovered((0, 10), &[(2, 4), (6, 8)]),
+            vec![(0, 2), (4, 6), (8, 10)]
+        );
         assert!(uncovered((0, 10), &[(-5, 15)]).is_empty());
     }
 

@@ -150,7 +150,11 @@ async fn estimate(pool: &sqlx::PgPool, tenant_id: Uuid) -> Result<TenantStorage,
         .into_iter()
         .map(|(metric, n)| {
             let (rows, bytes) = scale(n);
-            MetricStorage { metric, rows, bytes }
+            MetricStorage {
+                metric,
+                rows,
+                bytes,
+            }
         })
         .collect();
     metrics.sort_by(|a, b| b.rows.cmp(&a.rows));

@@ -146,7 +146,9 @@ async fn update(
         Some(Some(days)) if !(1..=MAX_RETENTION_DAYS).contains(&days) => {
             return Err(ApiError::unprocessable(
                 "invalid_retention_days",
-                format!("retention_days must be from 1 to {MAX_RETENTION_DAYS} (or null), got {days}"),
+                format!(
+                    "retention_days must be from 1 to {MAX_RETENTION_DAYS} (or null), got {days}"
+                ),
             ));
         }
         Some(days) => Some(days.and_then(|d| i32::try_from(d).ok())),

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::helpers::TestDb;
 use gito_api::config::StorageConfig;
 use gito_api::migrate::repair::{Action, repair};
 use gito_api::migrate::{self, Catalog, DownTarget, RunOptions};
 use gito_api::partitions;
 use sqlx::PgPool;
-use crate::helpers::TestDb;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// Rows loaded before converting: enough that a scan takes a while, few enough for ~a minute.
-const ROWS: i64 = 1_000_000;
+const ROWS: i64 = 2_000_000;
 const DEVICES: i64 = 50;
 const TENANT: Uuid = Uuid::from_u128(0x0193_9d2a_0000_7000_8000_0000_0000_0001);
 
@@ -129,11 +129,35 @@ fn lock_watcher(pool: PgPool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<
 async fn converting_a_populated_table_keeps_every_row_and_never_holds_an_exclusive_lock_for_long() {
     let db = TestDb::empty().await;
     let catalog = Catalog::embedded();
-    migrate::up(&db.url, catalog, Some(12)).await.expect("up to 012");
+    migrate::up(&db.url, catalog, Some(12))
+        .await
+        .expect("up to 012");
     let pool = PgPool::connect(&db.url).await.expect("pool");
     let loading = Instant::now();
+    // As a bulk load would: keys and index built once afterwards, not row by row.
+    sqlx::raw_sql(
+        "ALTER TABLE telemetry DROP CONSTRAINT telemetry_device_id_fkey,
+             DROP CONSTRAINT telemetry_device_id_metric_ts_key;
+         DROP INDEX telemetry_device_id_ts_idx",
+    )
+    .execute(&pool)
+    .await
+    .expect("keys dropped for the load");
     populate(&pool, ROWS).await;
-    sqlx::query("ANALYZE telemetry").execute(&pool).await.expect("analyze");
+    sqlx::raw_sql(
+        "ALTER TABLE telemetry
+             ADD CONSTRAINT telemetry_device_id_fkey FOREIGN KEY (device_id)
+                 REFERENCES devices (id) ON DELETE CASCADE,
+             ADD CONSTRAINT telemetry_device_id_metric_ts_key UNIQUE (device_id, metric, ts);
+         CREATE INDEX telemetry_device_id_ts_idx ON telemetry (device_id, ts DESC)",
+    )
+    .execute(&pool)
+    .await
+    .expect("keys restored");
+    sqlx::query("ANALYZE telemetry")
+        .execute(&pool)
+        .await
+        .expect("analyze");
     let before = count_and_sum(&pool).await;
     assert_eq!(before.0, ROWS);
     eprintln!("loaded {ROWS} rows in {:?}", loading.elapsed());
@@ -142,12 +166,15 @@ async fn converting_a_populated_table_keeps_every_row_and_never_holds_an_exclusi
     let writing = writer(pool.clone(), stop.clone());
     let watching = lock_watcher(pool.clone(), stop.clone());
     let converting = Instant::now();
-    let applied = migrate::up(&db.url, catalog, Some(13)).await.expect("013 applies");
+    let applied = migrate::up(&db.url, catalog, Some(13))
+        .await
+        .expect("013 applies");
     assert_eq!(applied.len(), 1);
     eprintln!("converted in {:?}", converting.elapsed());
     stop.store(true, Ordering::Relaxed);
     let (rows, sum) = writing.await.expect("writer");
     let longest = watching.await.expect("watcher");
+    eprintln!("longest ACCESS EXCLUSIVE seen held by the migration: {longest:.3} s");
     assert!(rows > 0, "the writer wrote during the conversion");
     assert!(
         longest < 5.0,
@@ -157,12 +184,18 @@ async fn converting_a_populated_table_keeps_every_row_and_never_holds_an_exclusi
     assert_eq!(relkind(&pool).await, "p");
     let after = count_and_sum(&pool).await;
     assert_eq!(after.0, before.0 + rows, "no row lost or duplicated");
-    assert!((after.1 - (before.1 + sum)).abs() < 0.5, "{after:?} vs {before:?} + {sum}");
+    assert!(
+        (after.1 - (before.1 + sum)).abs() < 0.5,
+        "{after:?} vs {before:?} + {sum}"
+    );
     let legacy: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry_legacy")
         .fetch_one(&pool)
         .await
         .expect("legacy");
-    assert!(legacy > 0 && legacy < after.0, "old rows in the legacy partition, newer ones beside");
+    assert!(
+        legacy > 0 && legacy < after.0,
+        "old rows in the legacy partition, newer ones beside"
+    );
     let leftovers: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_class WHERE relname LIKE 'telemetry_conversion%'
          UNION ALL SELECT count(*) FROM pg_proc WHERE proname LIKE 'gito_013%'",
@@ -175,10 +208,14 @@ async fn converting_a_populated_table_keeps_every_row_and_never_holds_an_exclusi
     assert_eq!(leftovers, 0, "the conversion's helpers are gone");
 
     // Down: one plain table with every row; up again: partitioned with every row.
-    migrate::down(&db.url, catalog, DownTarget::Steps(1)).await.expect("013 down");
+    migrate::down(&db.url, catalog, DownTarget::Steps(1))
+        .await
+        .expect("013 down");
     assert_eq!(relkind(&pool).await, "r");
     assert_eq!(count_and_sum(&pool).await.0, after.0);
-    migrate::up(&db.url, catalog, None).await.expect("013 up again");
+    migrate::up(&db.url, catalog, None)
+        .await
+        .expect("013 up again");
     assert_eq!(relkind(&pool).await, "p");
     assert_eq!(count_and_sum(&pool).await.0, after.0);
     pool.close().await;
@@ -189,7 +226,9 @@ async fn converting_a_populated_table_keeps_every_row_and_never_holds_an_exclusi
 async fn crash_after(ran: usize) {
     let db = TestDb::empty().await;
     let catalog = Catalog::embedded();
-    migrate::up(&db.url, catalog, Some(12)).await.expect("up to 012");
+    migrate::up(&db.url, catalog, Some(12))
+        .await
+        .expect("up to 012");
     let pool = PgPool::connect(&db.url).await.expect("pool");
     populate(&pool, 2_000).await;
     let before = count_and_sum(&pool).await;
@@ -204,7 +243,9 @@ async fn crash_after(ran: usize) {
     }
     drop(conn);
     // A runner that died: its bookkeeping tables, 013 partly applied, the last statement unrecorded.
-    let _ = migrate::up(&db.url, catalog, Some(12)).await.expect("bookkeeping exists");
+    let _ = migrate::up(&db.url, catalog, Some(12))
+        .await
+        .expect("bookkeeping exists");
     sqlx::query(
         "INSERT INTO gito_schema_migrations_partial (version, name, checksum, statements, done)
          VALUES (13, $1, $2, $3, $4)",
@@ -216,11 +257,24 @@ async fn crash_after(ran: usize) {
     .execute(&pool)
     .await
     .expect("partial row");
-    repair(&db.url, catalog, Action::RollForward, &RunOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("roll forward after statement {ran}: {e}"));
-    assert_eq!(relkind(&pool).await, "p", "after a crash at statement {ran}");
-    assert_eq!(count_and_sum(&pool).await, before, "after a crash at statement {ran}");
+    repair(
+        &db.url,
+        catalog,
+        Action::RollForward,
+        &RunOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("roll forward after statement {ran}: {e}"));
+    assert_eq!(
+        relkind(&pool).await,
+        "p",
+        "after a crash at statement {ran}"
+    );
+    assert_eq!(
+        count_and_sum(&pool).await,
+        before,
+        "after a crash at statement {ran}"
+    );
     pool.close().await;
 }
 
@@ -271,7 +325,10 @@ async fn two_maintainers_at_once_create_the_same_partitions_once() {
     let count = created.len();
     created.dedup();
     assert_eq!(created.len(), count, "no partition created twice");
-    assert!(!created.is_empty(), "6 h partitions beyond the migration's daily ones");
+    assert!(
+        !created.is_empty(),
+        "6 h partitions beyond the migration's daily ones"
+    );
     // Idempotent: a third round creates nothing.
     let again = partitions::maintain(&a, &config, now).await.expect("again");
     assert!(again.created.is_empty(), "{:?}", again.created);
@@ -284,13 +341,15 @@ async fn a_new_partition_takes_over_the_rows_the_default_partition_held_for_its_
     populate(&pool, 0).await;
     let far = OffsetDateTime::now_utc() + time::Duration::days(100);
     for i in 0..10 {
-        sqlx::query("INSERT INTO telemetry (device_id, ts, metric, value) VALUES ($1, $2, 'm', $3)")
-            .bind(device(0))
-            .bind(far + time::Duration::minutes(i))
-            .bind(i as f64)
-            .execute(&pool)
-            .await
-            .expect("far future row");
+        sqlx::query(
+            "INSERT INTO telemetry (device_id, ts, metric, value) VALUES ($1, $2, 'm', $3)",
+        )
+        .bind(device(0))
+        .bind(far + time::Duration::minutes(i))
+        .bind(i as f64)
+        .execute(&pool)
+        .await
+        .expect("far future row");
     }
     let config = StorageConfig::default();
     let round = partitions::maintain(&pool, &config, OffsetDateTime::now_utc())
@@ -305,13 +364,17 @@ async fn a_new_partition_takes_over_the_rows_the_default_partition_held_for_its_
     let day = far
         .format(time::macros::format_description!("[year][month][day]"))
         .expect("day");
-    assert!(round.created.contains(&format!("telemetry_p{day}")), "{:?}", round.created);
+    assert!(
+        round.created.contains(&format!("telemetry_p{day}")),
+        "{:?}",
+        round.created
+    );
     let moved: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM telemetry_p{day}"
     )))
-        .fetch_one(&pool)
-        .await
-        .expect("moved");
+    .fetch_one(&pool)
+    .await
+    .expect("moved");
     assert_eq!(moved, 10);
     pool.close().await;
 }

@@ -44,21 +44,43 @@ async fn only_the_admin_sets_retention_days_and_every_tenant_json_shows_it() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {answer}");
     }
     assert_eq!(
-        app.patch(&path, json!({ "retention_days": 36_500 })).await.0,
+        app.patch(&path, json!({ "retention_days": 36_500 }))
+            .await
+            .0,
         StatusCode::OK
     );
     let (status, body) = app
-        .patch(&format!("/tenants/{}", Uuid::now_v7()), json!({ "retention_days": 1 }))
+        .patch(
+            &format!("/tenants/{}", Uuid::now_v7()),
+            json!({ "retention_days": 1 }),
+        )
         .await;
-    assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
 
     let token = app.token_for(tenant).await;
     let (status, _) = app
-        .send_as(Some(&token), Method::PATCH, &path, Some(json!({ "retention_days": 1 })))
+        .send_as(
+            Some(&token),
+            Method::PATCH,
+            &path,
+            Some(json!({ "retention_days": 1 })),
+        )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "a tenant cannot shorten or lengthen its own retention");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a tenant cannot shorten or lengthen its own retention"
+    );
     let (status, _) = app
-        .send_as(None, Method::PATCH, &path, Some(json!({ "retention_days": 1 })))
+        .send_as(
+            None,
+            Method::PATCH,
+            &path,
+            Some(json!({ "retention_days": 1 })),
+        )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.get(&path).await.1["retention_days"], 36_500);
@@ -99,7 +121,10 @@ async fn oldest_days(pool: &PgPool, device: Uuid, now: OffsetDateTime) -> (i64, 
 
 async fn partition_count(pool: &PgPool) -> usize {
     let mut conn = pool.acquire().await.expect("conn");
-    partitions::partitions(&mut conn).await.expect("partitions").len()
+    partitions::partitions(&mut conn)
+        .await
+        .expect("partitions")
+        .len()
 }
 
 #[tokio::test]
@@ -130,8 +155,13 @@ async fn retention_drops_a_partition_only_when_every_tenants_data_in_it_expired(
         app.tenant("long").await,
         app.tenant("forever").await,
     );
-    app.patch(&format!("/tenants/{short}"), json!({ "retention_days": 10 })).await;
-    app.patch(&format!("/tenants/{long}"), json!({ "retention_days": 40 })).await;
+    app.patch(
+        &format!("/tenants/{short}"),
+        json!({ "retention_days": 10 }),
+    )
+    .await;
+    app.patch(&format!("/tenants/{long}"), json!({ "retention_days": 40 }))
+        .await;
     let s = device_with_60_days(pool, short, now).await;
     let l = device_with_60_days(pool, long, now).await;
     let f = device_with_60_days(pool, forever, now).await;
@@ -152,18 +182,28 @@ async fn retention_drops_a_partition_only_when_every_tenants_data_in_it_expired(
 
     // Now `forever` keeps 5 days: partitions older than 40 days go (with `forever`'s rows in
     // them), `forever` loses the rest by batches, `long` keeps its 40 days.
-    app.patch(&format!("/tenants/{forever}"), json!({ "retention_days": 5 })).await;
+    app.patch(
+        &format!("/tenants/{forever}"),
+        json!({ "retention_days": 5 }),
+    )
+    .await;
     let (dropped, deleted) = partitions::enforce_retention(&mut conn, None, now)
         .await
         .expect("retention");
     assert!(dropped.len() >= 19, "{dropped:?}");
-    assert_eq!(partition_count(pool).await, partitions_before - dropped.len());
+    assert_eq!(
+        partition_count(pool).await,
+        partitions_before - dropped.len()
+    );
     let (rows, oldest) = oldest_days(pool, l, now).await;
     assert_eq!(rows, 41, "long keeps its 40 days");
     assert!(oldest <= 40.0, "{oldest}");
     assert_eq!(oldest_days(pool, f, now).await.0, 6);
     assert_eq!(oldest_days(pool, s, now).await.0, 11);
-    assert_eq!(deleted, 35, "forever's days 6..=40, the older ones went with their partitions");
+    assert_eq!(
+        deleted, 35,
+        "forever's days 6..=40, the older ones went with their partitions"
+    );
 
     // Again: nothing left to do.
     let again = partitions::enforce_retention(&mut conn, None, now)
@@ -177,7 +217,8 @@ async fn the_deployment_default_applies_to_tenants_without_their_own() {
     let app = TestApp::spawn().await;
     let now = OffsetDateTime::now_utc();
     let (plain, own) = (app.tenant("plain").await, app.tenant("own").await);
-    app.patch(&format!("/tenants/{own}"), json!({ "retention_days": 30 })).await;
+    app.patch(&format!("/tenants/{own}"), json!({ "retention_days": 30 }))
+        .await;
     let p = device_with_60_days(&app.pool, plain, now).await;
     let o = device_with_60_days(&app.pool, own, now).await;
     let mut conn = app.pool.acquire().await.expect("conn");
@@ -185,5 +226,9 @@ async fn the_deployment_default_applies_to_tenants_without_their_own() {
         .await
         .expect("retention");
     assert_eq!(oldest_days(&app.pool, p, now).await.0, 21);
-    assert_eq!(oldest_days(&app.pool, o, now).await.0, 60, "30 is the longest: whole partitions, and 013's legacy one is not expired");
+    assert_eq!(
+        oldest_days(&app.pool, o, now).await.0,
+        60,
+        "30 is the longest: whole partitions, and 013's legacy one is not expired"
+    );
 }

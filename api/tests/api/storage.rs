@@ -54,11 +54,21 @@ async fn a_tenant_sees_its_own_storage_per_device_and_metric_and_nobody_elses() 
     assert_eq!(body["estimated"], true);
     // Small enough to be read whole: the estimate is exact.
     assert_eq!(body["total_rows"], 7_000);
-    assert_eq!(rows_of(&body["devices"], "device_id", &a1.to_string()), 6_000);
-    assert_eq!(rows_of(&body["devices"], "device_id", &a2.to_string()), 1_000);
+    assert_eq!(
+        rows_of(&body["devices"], "device_id", &a1.to_string()),
+        6_000
+    );
+    assert_eq!(
+        rows_of(&body["devices"], "device_id", &a2.to_string()),
+        1_000
+    );
     assert_eq!(rows_of(&body["metrics"], "metric", "temp"), 4_000);
     assert_eq!(rows_of(&body["metrics"], "metric", "rh"), 3_000);
-    assert_eq!(rows_of(&body["metrics"], "metric", "co2"), 0, "b's metric is not a's");
+    assert_eq!(
+        rows_of(&body["metrics"], "metric", "co2"),
+        0,
+        "b's metric is not a's"
+    );
     assert_eq!(body["devices"].as_array().expect("devices").len(), 2);
     let bytes = body["total_bytes"].as_i64().expect("bytes");
     let table_bytes: i64 = sqlx::query_scalar(
@@ -70,7 +80,10 @@ async fn a_tenant_sees_its_own_storage_per_device_and_metric_and_nobody_elses() 
     .expect("size");
     // a holds 7 of the 17 thousand rows: its share of the bytes.
     let share = bytes as f64 / table_bytes as f64;
-    assert!((share - 7.0 / 17.0).abs() < 0.01, "{bytes} of {table_bytes}");
+    assert!(
+        (share - 7.0 / 17.0).abs() < 0.01,
+        "{bytes} of {table_bytes}"
+    );
 
     // The admin sees it too; b's token does not see a's (404, as if a did not exist).
     let (status, admin) = app.get(&format!("/tenants/{a}/storage")).await;
@@ -82,7 +95,9 @@ async fn a_tenant_sees_its_own_storage_per_device_and_metric_and_nobody_elses() 
     let (status, body) = app.get_as(&token_b, &format!("/tenants/{b}/storage")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["total_rows"], 10_000);
-    let (status, _) = app.get(&format!("/tenants/{}/storage", Uuid::now_v7())).await;
+    let (status, _) = app
+        .get(&format!("/tenants/{}/storage", Uuid::now_v7()))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -91,12 +106,18 @@ async fn the_admin_sees_every_partition_with_its_bounds_and_size_and_tenants_do_
     let app = TestApp::spawn().await;
     let tenant = app.tenant("a").await;
     device_with(&app.pool, tenant, &["temp"], 2_000).await;
-    sqlx::query("ANALYZE telemetry").execute(&app.pool).await.expect("analyze");
+    sqlx::query("ANALYZE telemetry")
+        .execute(&app.pool)
+        .await
+        .expect("analyze");
 
     let (status, body) = app.get("/storage/partitions").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let partitions = body.as_array().expect("a list");
-    assert!(partitions.len() >= 9, "legacy, a week ahead, default: {body}");
+    assert!(
+        partitions.len() >= 9,
+        "legacy, a week ahead, default: {body}"
+    );
     let legacy = &partitions[0];
     assert_eq!(legacy["name"], "telemetry_legacy");
     assert_eq!(legacy["from"], Value::Null);
@@ -104,12 +125,20 @@ async fn the_admin_sees_every_partition_with_its_bounds_and_size_and_tenants_do_
     assert!(legacy["bytes"].as_i64().expect("bytes") > 0);
     assert_eq!(legacy["default"], false);
     let last = partitions.last().expect("default");
-    assert_eq!((&last["name"], &last["default"]), (&Value::from("telemetry_default"), &Value::from(true)));
+    assert_eq!(
+        (&last["name"], &last["default"]),
+        (&Value::from("telemetry_default"), &Value::from(true))
+    );
     // Contiguous: each daily partition starts where the one before it ends.
     for pair in partitions[..partitions.len() - 1].windows(2) {
         assert_eq!(pair[0]["to"], pair[1]["from"], "{pair:?}");
     }
-    assert!(partitions[1]["name"].as_str().expect("name").starts_with("telemetry_p"));
+    assert!(
+        partitions[1]["name"]
+            .as_str()
+            .expect("name")
+            .starts_with("telemetry_p")
+    );
 
     let token = app.token_for(tenant).await;
     let (status, _) = app.get_as(&token, "/storage/partitions").await;
