@@ -145,7 +145,7 @@ async fn estimate(pool: &sqlx::PgPool, tenant_id: Uuid) -> Result<TenantStorage,
             }
         })
         .collect();
-    devices.sort_by(|a, b| b.rows.cmp(&a.rows));
+    devices.sort_by_key(|d| std::cmp::Reverse(d.rows));
     let mut metrics: Vec<MetricStorage> = metrics
         .into_iter()
         .map(|(metric, n)| {
@@ -157,7 +157,7 @@ async fn estimate(pool: &sqlx::PgPool, tenant_id: Uuid) -> Result<TenantStorage,
             }
         })
         .collect();
-    metrics.sort_by(|a, b| b.rows.cmp(&a.rows));
+    metrics.sort_by_key(|m| std::cmp::Reverse(m.rows));
     Ok(TenantStorage {
         estimated: true,
         total_rows: devices.iter().map(|d| d.rows).sum(),

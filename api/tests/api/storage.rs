@@ -32,7 +32,7 @@ async fn device_with(pool: &PgPool, tenant: Uuid, metrics: &[&str], per_metric: 
     device
 }
 
-fn rows_of<'a>(list: &'a Value, key: &str, value: &str) -> i64 {
+fn rows_of(list: &Value, key: &str, value: &str) -> i64 {
     list.as_array()
         .expect("a list")
         .iter()
