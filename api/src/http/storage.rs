@@ -24,7 +24,7 @@ use super::openapi::TenantPath;
 use super::tenants::ensure_exists;
 use crate::partitions::{self, Partition};
 
-/// Pages (8 kB) a storage estimate reads at most: ~16 MB, a few tens of milliseconds.
+/// Pages (8 kB) a storage estimate reads at most: ~16 MB, about 0.1 s (docs/ARCHITECTURE.md).
 pub const SAMPLE_PAGES: i64 = 2_000;
 
 pub fn router() -> OpenApiRouter<AppState> {
