@@ -208,11 +208,52 @@ pub struct ServeConfig {
 }
 
 /// How long telemetry is kept and how it is laid out (docs/ARCHITECTURE.md, "Storage").
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StorageConfig {
     /// Days of telemetry kept for a tenant whose `retention_days` is not set; unset: forever.
     #[arg(long, env = "GITO_TELEMETRY_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub retention_days: Option<u32>,
+    /// How many telemetry partitions the maintainer keeps created ahead of now.
+    #[arg(long, env = "GITO_TELEMETRY_PARTITIONS_AHEAD", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub partitions_ahead: u32,
+    /// The time span of one telemetry partition, from `1h` to `30d` (e.g. `1d`, `6h`); partitions
+    /// start at UTC multiples of it.
+    #[arg(long, env = "GITO_TELEMETRY_PARTITION_INTERVAL", default_value = "1d", value_parser = parse_partition_interval)]
+    pub partition_interval: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            retention_days: None,
+            partitions_ahead: 7,
+            partition_interval: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// A partition width: whole hours (`6h`) or days (`1d`), from one hour to 30 days, dividing a
+/// day or made of whole days so that partitions line up with UTC days.
+pub fn parse_partition_interval(s: &str) -> Result<Duration, String> {
+    let expected =
+        || format!("expected a partition interval from 1h to 30d such as 1d or 6h, got {s:?}");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(expected)?;
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let hours = match unit {
+        "h" => number,
+        "d" => number.saturating_mul(24),
+        _ => return Err(expected()),
+    };
+    if !(1..=30 * 24).contains(&hours) {
+        return Err(expected());
+    }
+    if hours < 24 && 24 % hours != 0 || hours >= 24 && hours % 24 != 0 {
+        return Err(format!(
+            "{s:?} must divide a day (1h, 2h, 3h, 4h, 6h, 8h, 12h) or be whole days"
+        ));
+    }
+    Ok(Duration::from_secs(hours * 3600))
 }
 
 /// The bounds every migration runs within, and where the migrations come from.
@@ -435,6 +476,31 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         for bad in ["", "m", "5 minutes", "-1s", "1.5s", "0s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn partition_intervals_are_hours_dividing_a_day_or_whole_days_up_to_30() {
+        assert_eq!(
+            parse_partition_interval("1d"),
+            Ok(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_partition_interval("6h"),
+            Ok(Duration::from_secs(6 * 3600))
+        );
+        assert_eq!(
+            parse_partition_interval("48h"),
+            Ok(Duration::from_secs(2 * 86_400))
+        );
+        assert_eq!(
+            parse_partition_interval("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        for bad in [
+            "", "0h", "1", "5h", "25h", "31d", "1w", "30m", "1.5d", "-1d",
+        ] {
+            assert!(parse_partition_interval(bad).is_err(), "{bad:?}");
         }
     }
 

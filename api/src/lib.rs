@@ -6,7 +6,8 @@
 //! build on `domain` (alerts, telemetry schemas, field rules); the processor never imports
 //! `http`, and `http` calls into the processor only to replay dead letters through its storing
 //! path. `sweeper` (online/offline, offline and staleness rules) builds on the processor's
-//! announcements and the database. `startup` wires them together under one supervisor.
+//! announcements and the database. `partitions` keeps the
+//! telemetry partitions ahead of time and enforces retention. `startup` wires them together under one supervisor.
 
 pub mod auth;
 pub mod bootstrap;
@@ -17,6 +18,7 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod migrate;
+pub mod partitions;
 pub mod processor;
 pub mod startup;
 pub mod status;

@@ -24,6 +24,18 @@ pub fn describe() {
         "gito_processor_messages_total",
         "Messages the processor finished, by outcome: stored, duplicate, dropped_<reason> (invalid or of an unknown device), dead_lettered (refused by the database)"
     );
+    describe_gauge!(
+        "gito_telemetry_default_partition_rows",
+        "Telemetry rows in the default partition: event times no partition covers (far future or past)"
+    );
+    describe_counter!(
+        "gito_retention_rows_deleted_total",
+        "Expired telemetry rows deleted in batches (tenants keeping less than the longest retention)"
+    );
+    describe_counter!(
+        "gito_retention_partitions_dropped_total",
+        "Telemetry partitions dropped because every tenant's data in them expired"
+    );
     describe_counter!(
         "gito_processor_rows_stored_total",
         "Telemetry rows inserted"

@@ -17,10 +17,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, StorageConfig};
 use crate::db_error::DbError;
 use crate::http::{self, AppState, Limits, Live, TokenCache, token_cache};
 use crate::migrate::{self, Catalog};
+use crate::partitions;
 use crate::processor::{self, ProcessorConfig};
 use crate::status::{self, Health};
 use crate::sweeper::{self, SweeperConfig};
@@ -32,6 +33,8 @@ pub struct Server {
     processor: Option<ProcessorConfig>,
     live: Option<(Live, MqttOptions)>,
     sweeper: SweeperConfig,
+    /// Partitions ahead and retention (the maintainer task).
+    storage: StorageConfig,
     tokens: Arc<TokenCache>,
     health: Health,
     /// The token listener's own connection: named apart, so an operator can tell it.
@@ -188,6 +191,7 @@ impl Server {
             processor,
             live,
             sweeper,
+            storage: config.storage.clone(),
             tokens,
             health,
             listener_options: config
@@ -205,7 +209,7 @@ impl Server {
 
     /// Serves (and processes, unless disabled) until `shutdown`, then stops the tasks in order:
     /// HTTP first (in-flight requests finish), then the processor (its batch commits), the live
-    /// fan-out, the connectivity sweeper, the token listener. An error if any task ended on its own.
+    /// fan-out, the connectivity sweeper, the partition maintainer, the token listener. An error if any task ended on its own.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "gito-api listening");
         let Server {
@@ -215,6 +219,7 @@ impl Server {
             processor,
             live,
             sweeper,
+            storage,
             tokens,
             health,
             listener_options,
@@ -242,6 +247,10 @@ impl Server {
         {
             let pool = pool.clone();
             tasks.spawn("sweeper", |stop| sweeper::run(sweeper, pool, stop));
+        }
+        {
+            let pool = pool.clone();
+            tasks.spawn("partitions", |stop| partitions::run(storage, pool, stop));
         }
         tasks.spawn("token_listener", |stop| {
             token_cache::listen(tokens, listener_options, pool, health, stop)

@@ -125,7 +125,8 @@ async fn resolve(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     }
 }
 
-/// Tenant tokens: their own tenant only; tenants, tokens, metrics and status are the admin's.
+/// Tenant tokens: their own tenant only; tenants, tokens, metrics, status and the storage
+/// partitions are the admin's.
 fn authorize(principal: Principal, method: &Method, path: &str) -> Result<(), ApiError> {
     let Principal::Tenant(own) = principal else {
         return Ok(());
@@ -134,6 +135,9 @@ fn authorize(principal: Principal, method: &Method, path: &str) -> Result<(), Ap
     match (segments.next(), segments.next(), segments.next()) {
         (Some("metrics" | "status"), None, _) => Err(ApiError::Forbidden(
             "only the admin token may read metrics and status",
+        )),
+        (Some("storage"), _, _) => Err(ApiError::Forbidden(
+            "only the admin token may read the storage partitions",
         )),
         (Some("tenants"), None, _) => Err(ApiError::Forbidden(
             "only the admin token may list or create tenants",

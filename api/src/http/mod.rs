@@ -23,6 +23,7 @@ mod openapi;
 mod organizations;
 mod page;
 mod sites;
+mod storage;
 mod telemetry;
 mod tenants;
 pub mod token_cache;
@@ -120,6 +121,7 @@ pub fn app(state: AppState, limits: Limits) -> Router {
         .merge(device_shapes::router())
         .merge(discovered_metrics::router())
         .merge(telemetry::router())
+        .merge(storage::router())
         .merge(alert_rules::router())
         .merge(alerts::router())
         .merge(dead_letters::router())

@@ -37,6 +37,7 @@ const SECURITY_SCHEME: &str = "bearer";
         (name = "devices"),
         (name = "classification", description = "Classification rules, classifying devices by pattern, and the inbox's device shapes"),
         (name = "telemetry"),
+        (name = "storage", description = "Telemetry storage: a tenant's rows and bytes, the partitions (admin)"),
         (name = "alerts", description = "Alert rules and the alerts they raise"),
         (name = "dead letters", description = "Messages the processor could not store, to read and replay"),
         (name = "live", description = "WebSocket push of telemetry and alerts"),

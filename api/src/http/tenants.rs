@@ -19,13 +19,19 @@ use super::page::{Keyed, Page, PageParams};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
-        .routes(routes!(read))
+        .routes(routes!(read, update))
 }
+
+/// The longest retention a tenant may have: a hundred years.
+pub const MAX_RETENTION_DAYS: i64 = 36_500;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Tenant {
     pub id: Uuid,
     pub name: String,
+    /// Days of telemetry kept; `null`: the deployment's default (GITO_TELEMETRY_RETENTION_DAYS),
+    /// forever when that is unset.
+    pub retention_days: Option<i32>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -61,7 +67,7 @@ async fn create(
     let tenant = sqlx::query_as!(
         Tenant,
         "INSERT INTO tenants (id, name) VALUES ($1, $2)
-         RETURNING id, name, created_at, updated_at",
+         RETURNING id, name, retention_days, created_at, updated_at",
         Uuid::now_v7(),
         name
     )
@@ -83,7 +89,7 @@ async fn list(
     let limit = page.limit()?;
     let rows = sqlx::query_as!(
         Tenant,
-        "SELECT id, name, created_at, updated_at FROM tenants
+        "SELECT id, name, retention_days, created_at, updated_at FROM tenants
          WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
         page.after()?,
         limit + 1
@@ -105,8 +111,59 @@ async fn read(
 ) -> Result<Json<Tenant>, ApiError> {
     sqlx::query_as!(
         Tenant,
-        "SELECT id, name, created_at, updated_at FROM tenants WHERE id = $1",
+        "SELECT id, name, retention_days, created_at, updated_at FROM tenants WHERE id = $1",
         tenant_id
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .map(Json)
+    .ok_or(ApiError::NotFound("tenant"))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({ "retention_days": 30 }))]
+struct TenantPatch {
+    /// 1–36500 days; `null` clears it (back to the deployment's default). Absent: unchanged.
+    #[serde(default, deserialize_with = "fields::patch")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 36500)]
+    retention_days: Option<Option<i64>>,
+}
+
+/// Change a tenant
+///
+/// Admin token only (a tenant token gets 403). `retention_days` (1–36500, else 422; `null`: the
+/// deployment's default, GITO_TELEMETRY_RETENTION_DAYS, forever when unset) is how many days of
+/// telemetry the tenant keeps: the partition maintainer deletes older rows within minutes.
+#[utoipa::path(patch, path = "/tenants/{tenant_id}", tag = "tenants", params(TenantPath), request_body = TenantPatch,
+    responses((status = 200, description = "The changed tenant (admin token only)", body = Tenant)))]
+async fn update(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<Uuid>,
+    Json(body): Json<TenantPatch>,
+) -> Result<Json<Tenant>, ApiError> {
+    let retention = match body.retention_days {
+        Some(Some(days)) if !(1..=MAX_RETENTION_DAYS).contains(&days) => {
+            return Err(ApiError::unprocessable(
+                "invalid_retention_days",
+                format!(
+                    "retention_days must be from 1 to {MAX_RETENTION_DAYS} (or null), got {days}"
+                ),
+            ));
+        }
+        Some(days) => Some(days.and_then(|d| i32::try_from(d).ok())),
+        None => None,
+    };
+    sqlx::query_as!(
+        Tenant,
+        "UPDATE tenants
+         SET retention_days = CASE WHEN $2 THEN $3 ELSE retention_days END,
+             updated_at = CASE WHEN $2 THEN now() ELSE updated_at END
+         WHERE id = $1
+         RETURNING id, name, retention_days, created_at, updated_at",
+        tenant_id,
+        retention.is_some(),
+        retention.flatten()
     )
     .fetch_optional(&state.pool)
     .await?
