@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod migrate;
 pub mod processor;
+pub mod rollups;
 pub mod startup;
 pub mod status;
 pub mod sweeper;

@@ -30,6 +30,7 @@ pub fn serve_config(db_url: &str, addr: SocketAddr) -> ServeConfig {
         db_max_connections: 4,
         migration_lock_wait: Duration::from_secs(300),
         migration: Default::default(),
+        storage: Default::default(),
         // Every in-process test app would replay the migrations once more; drift at boot has
         // its own tests (api/tests/api/drift.rs) against the real binary.
         migration_drift: gito_api::migrate::DriftMode::Off,

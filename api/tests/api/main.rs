@@ -21,6 +21,7 @@ mod migration_safety;
 mod migrations;
 mod observability;
 mod processor;
+mod rollups;
 mod round_trip;
 mod supervision;
 mod tenants;
