@@ -1,3 +1,4 @@
--- Placeholder on the rollups branch so that 014 follows 013: the partitions branch's
+-- Placeholder on the rollups branch so that 014 follows 013 (the round-trip test wants every
+-- migration to change the schema, hence the comment): the partitions branch's
 -- 013_telemetry_partitions replaces this file at merge (take theirs).
-SELECT 1;
+COMMENT ON TABLE telemetry IS 'placeholder for 013_telemetry_partitions';
