@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod partitions;
 pub mod processor;
+pub mod rollups;
 pub mod startup;
 pub mod status;
 pub mod sweeper;

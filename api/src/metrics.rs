@@ -45,6 +45,10 @@ pub fn describe() {
         "Telemetry rows already stored (redeliveries, replays)"
     );
     describe_counter!(
+        "gito_processor_rows_expired_total",
+        "Telemetry rows not stored: older than their tenant's retention when they arrived"
+    );
+    describe_counter!(
         "gito_processor_dead_letters_total",
         "Messages kept as dead letters, by reason"
     );

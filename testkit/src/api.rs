@@ -37,7 +37,6 @@ pub fn serve_config(db_url: &str, addr: SocketAddr) -> ServeConfig {
         processor: false,
         live: false,
         device_offline_after: Duration::from_secs(600),
-        storage: Default::default(),
         mqtt: MqttConfig {
             mqtt_url: "mqtt://127.0.0.1:1883".parse().expect("MQTT URL"),
             processor_client_id: format!("gito-processor-test-{}", Uuid::new_v4().simple()),

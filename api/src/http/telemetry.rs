@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema};
@@ -16,6 +17,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
+use crate::rollups::{self, Source};
 
 const DEFAULT_POINTS: i64 = 1000;
 const MAX_POINTS: i64 = 10_000;
@@ -71,18 +73,30 @@ struct Bucket {
     avg: Option<f64>,
     min: Option<f64>,
     max: Option<f64>,
+    /// Numeric values in the bucket.
     count: i64,
+    /// The value with the earliest event time in the bucket.
+    first: Option<f64>,
+    /// The value with the latest event time in the bucket.
+    last: Option<f64>,
 }
 
-/// What a telemetry query answers: raw points newest first, or buckets when `bucket` is given.
+/// What a telemetry query answers: raw points newest first, or buckets when `bucket` is given,
+/// and where they came from (`raw` or the rollup that served the buckets).
+#[derive(Debug, Serialize)]
+struct Series {
+    source: Source,
+    items: Items,
+}
+
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-enum Series {
-    Points { items: Vec<Point> },
-    Buckets { items: Vec<Bucket> },
+enum Items {
+    Points(Vec<Point>),
+    Buckets(Vec<Bucket>),
 }
 
-/// Written by hand: derived, the two shapes would be `oneOf`, which an empty page satisfies
+/// Written by hand: derived, the two item shapes would be `oneOf`, which an empty page satisfies
 /// twice (and so not at all).
 impl PartialSchema for Series {
     fn schema() -> RefOr<Schema> {
@@ -90,6 +104,8 @@ impl PartialSchema for Series {
             .item(Ref::from_schema_name("Point"))
             .item(Ref::from_schema_name("Bucket"));
         ObjectBuilder::new()
+            .property("source", Ref::from_schema_name("Source"))
+            .required("source")
             .property("items", ArrayBuilder::new().items(item))
             .required("items")
             .into()
@@ -100,6 +116,7 @@ impl ToSchema for Series {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         schemas.push(("Point".to_owned(), Point::schema()));
         schemas.push(("Bucket".to_owned(), Bucket::schema()));
+        schemas.push(("Source".to_owned(), Source::schema()));
     }
 }
 
@@ -139,7 +156,7 @@ fn unescaped_plus(value: &str) -> Option<String> {
 }
 
 /// `90s`, `5m`, `1h`, `1d` in seconds.
-fn bucket_secs(text: &str) -> Result<f64, ApiError> {
+fn bucket_secs(text: &str) -> Result<i64, ApiError> {
     let invalid =
         || ApiError::bad_request("invalid_query", "bucket must look like 30s, 5m, 1h or 1d");
     let split = text
@@ -157,7 +174,7 @@ fn bucket_secs(text: &str) -> Result<f64, ApiError> {
     if n == 0 || u64::from(n) * unit_secs > 366 * 86_400 {
         return Err(invalid());
     }
-    Ok((u64::from(n) * unit_secs) as f64)
+    Ok((u64::from(n) * unit_secs) as i64)
 }
 
 /// 404 unless the device exists and is the tenant's.
@@ -184,7 +201,10 @@ pub(super) async fn ensure_device(
 ///
 /// Without `bucket`: raw points `{ts, metric, value, flagged}`, newest first, at most `limit`
 /// (1–10000, default 1000). With `bucket` (`30s`, `5m`, `1h`, `1d`, at most 366 days): one
-/// `{bucket, metric, avg, min, max, count}` per bucket and metric, newest first. There is no
+/// `{bucket, metric, avg, min, max, count, first, last}` per bucket and metric over numeric
+/// values, newest first, served from the coarsest rollup that answers exactly (its width divides
+/// the bucket, `from` and `to` lie on its edges, its backfill has passed the device), else from
+/// raw rows; `source` says which (`raw`, `1m`, `1h`, `1d`). There is no
 /// cursor: narrow the window with `from` (inclusive) and `to` (exclusive), RFC 3339 times (write
 /// an offset's `+` as `%2B`). A malformed time, bucket or limit is 400; a device that is not the
 /// tenant's is 404.
@@ -209,24 +229,26 @@ async fn query(
     let bucket = q.bucket.as_deref().map(bucket_secs).transpose()?;
     ensure_device(&state, tenant_id, device_id).await?;
     if let Some(secs) = bucket {
-        let rows = sqlx::query_as!(
-            Bucket,
-            r#"SELECT date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "bucket!",
-                      metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS "count!"
-               FROM telemetry
-               WHERE device_id = $1 AND ($3::text IS NULL OR metric = $3)
-                 AND ($4::timestamptz IS NULL OR ts >= $4) AND ($5::timestamptz IS NULL OR ts < $5)
-               GROUP BY 1, 2 ORDER BY 1 DESC, 2 LIMIT $6"#,
+        let mut source = Source::for_buckets(secs, from, to);
+        let mut conn = state.pool.acquire().await?;
+        if source != Source::Raw && !rollups::complete_for(&mut conn, device_id).await? {
+            source = Source::Raw;
+        }
+        let range = Range {
             device_id,
-            secs,
-            q.metric,
+            metric: q.metric,
             from,
             to,
-            limit
-        )
-        .fetch_all(&state.pool)
-        .await?;
-        return Ok(Json(Series::Buckets { items: rows }));
+            limit,
+        };
+        let items = match source {
+            Source::Raw => raw_buckets(&mut conn, secs, &range).await?,
+            rollup => rollup_buckets(&mut conn, secs, rollup, &range).await?,
+        };
+        return Ok(Json(Series {
+            source,
+            items: Items::Buckets(items),
+        }));
     }
     let rows = sqlx::query!(
         "SELECT ts, metric, value, value_json, flagged FROM telemetry
@@ -250,7 +272,82 @@ async fn query(
             flagged: r.flagged,
         })
         .collect();
-    Ok(Json(Series::Points { items }))
+    Ok(Json(Series {
+        source: Source::Raw,
+        items: Items::Points(items),
+    }))
+}
+
+/// What a bucketed query reads.
+struct Range {
+    device_id: Uuid,
+    metric: Option<String>,
+    from: Option<OffsetDateTime>,
+    to: Option<OffsetDateTime>,
+    limit: i64,
+}
+
+/// Buckets of `secs` computed from raw rows (numeric values only, as the rollups hold).
+async fn raw_buckets(
+    conn: &mut PgConnection,
+    secs: i64,
+    r: &Range,
+) -> Result<Vec<Bucket>, sqlx::Error> {
+    sqlx::query_as!(
+        Bucket,
+        r#"SELECT date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "bucket!",
+                  metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS "count!",
+                  (array_agg(value ORDER BY ts))[1] AS first, (array_agg(value ORDER BY ts DESC))[1] AS last
+           FROM telemetry
+           WHERE device_id = $1 AND value IS NOT NULL AND ($3::text IS NULL OR metric = $3)
+             AND ($4::timestamptz IS NULL OR ts >= $4) AND ($5::timestamptz IS NULL OR ts < $5)
+           GROUP BY 1, 2 ORDER BY 1 DESC, 2 LIMIT $6"#,
+        r.device_id,
+        secs as f64,
+        r.metric,
+        r.from,
+        r.to,
+        r.limit
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Buckets of `secs` combined from the rollup `source`, whose width divides `secs` and whose edges
+/// `from` and `to` lie on (`Source::for_buckets`): the same numbers as from raw rows.
+async fn rollup_buckets(
+    conn: &mut PgConnection,
+    secs: i64,
+    source: Source,
+    r: &Range,
+) -> Result<Vec<Bucket>, sqlx::Error> {
+    sqlx::query_as!(
+        Bucket,
+        r#"SELECT date_bin(make_interval(secs => $2), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "bucket!",
+                  metric AS "metric!", sum(sum) / sum(count)::float8 AS avg, min(min) AS min, max(max) AS max,
+                  sum(count)::bigint AS "count!",
+                  (array_agg(first ORDER BY first_ts))[1] AS first, (array_agg(last ORDER BY last_ts DESC))[1] AS last
+           FROM (SELECT metric, bucket, count, min, max, sum, first, first_ts, last, last_ts
+                 FROM telemetry_rollup_1m WHERE $7 = '1m' AND device_id = $1
+                 UNION ALL
+                 SELECT metric, bucket, count, min, max, sum, first, first_ts, last, last_ts
+                 FROM telemetry_rollup_1h WHERE $7 = '1h' AND device_id = $1
+                 UNION ALL
+                 SELECT metric, bucket, count, min, max, sum, first, first_ts, last, last_ts
+                 FROM telemetry_rollup_1d WHERE $7 = '1d' AND device_id = $1) r
+           WHERE ($3::text IS NULL OR metric = $3)
+             AND ($4::timestamptz IS NULL OR bucket >= $4) AND ($5::timestamptz IS NULL OR bucket < $5)
+           GROUP BY 1, 2 ORDER BY 1 DESC, 2 LIMIT $6"#,
+        r.device_id,
+        secs as f64,
+        r.metric,
+        r.from,
+        r.to,
+        r.limit,
+        source.as_str()
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// Booleans and text keep their JSON form; numbers are in `value`.

@@ -96,6 +96,8 @@ pub struct Batcher {
     logged: Vec<Reason>,
     isolation_logged: bool,
     metrics_seen: MetricsSeen,
+    /// `ProcessorConfig::retention_days`: for tenants without their own.
+    retention_days: Option<u32>,
 }
 
 impl Batcher {
@@ -104,6 +106,7 @@ impl Batcher {
         counters: Arc<Counters>,
         shutdown: CancellationToken,
         health: Health,
+        retention_days: Option<u32>,
     ) -> Batcher {
         Batcher {
             pool,
@@ -114,6 +117,7 @@ impl Batcher {
             logged: Vec::new(),
             isolation_logged: false,
             metrics_seen: MetricsSeen::default(),
+            retention_days,
         }
     }
 
@@ -193,7 +197,7 @@ impl Batcher {
             let mut retry = Retry::new(self);
             let error = loop {
                 let started = Instant::now();
-                match store_in_transaction(&self.pool, &group).await {
+                match store_in_transaction(&self.pool, &group, self.retention_days).await {
                     Ok(stored) => {
                         metrics::histogram!("gito_processor_commit_duration_seconds")
                             .record(started.elapsed().as_secs_f64());
@@ -340,6 +344,14 @@ impl Batcher {
         metrics::counter!("gito_processor_rows_stored_total").increment(stored.inserted);
         metrics::counter!("gito_processor_rows_duplicate_total")
             .increment(stored.rows - stored.inserted);
+        if stored.expired > 0 {
+            metrics::counter!("gito_processor_rows_expired_total").increment(stored.expired);
+            tracing::info!(
+                rows = stored.expired,
+                messages = group.len(),
+                "samples older than their tenant's retention were not stored"
+            );
+        }
         let now = OffsetDateTime::now_utc();
         let lag = metrics::histogram!("gito_processor_lag_seconds");
         let mut oldest = 0.0_f64;
@@ -356,6 +368,7 @@ impl Batcher {
         Counters::add(&self.counters.rows, stored.inserted);
         Counters::add(&self.counters.duplicate_rows, stored.rows - stored.inserted);
         Counters::add(&self.counters.flagged, stored.flagged);
+        Counters::add(&self.counters.expired_rows, stored.expired);
     }
 }
 
@@ -390,9 +403,13 @@ impl Retry {
     }
 }
 
-async fn store_in_transaction(pool: &PgPool, group: &[Checked<'_>]) -> Result<Stored, sqlx::Error> {
+async fn store_in_transaction(
+    pool: &PgPool,
+    group: &[Checked<'_>],
+    retention_days: Option<u32>,
+) -> Result<Stored, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let mut stored = store::store(&mut tx, group).await?;
+    let mut stored = store::store(&mut tx, group, retention_days).await?;
     let devices = group
         .iter()
         .map(|c| (c.device_id, c.device.tenant_id))

@@ -10,6 +10,8 @@ pub struct Counters {
     pub rows: AtomicU64,
     pub duplicate_rows: AtomicU64,
     pub flagged: AtomicU64,
+    /// Rows older than their tenant's retention, not stored.
+    pub expired_rows: AtomicU64,
     /// Messages kept as dead letters, by `Reason` (in `Reason::ALL` order).
     pub dead_letters: [AtomicU64; Reason::ALL.len()],
     pub db_errors: AtomicU64,
@@ -41,10 +43,11 @@ impl Counters {
             .collect();
         let dead_letters: u64 = self.dead_letters.iter().map(get).sum();
         format!(
-            "messages={} rows={} duplicate_rows={} flagged={} dead_letters={}{} db_errors={} isolations={} devices_deleted={}",
+            "messages={} rows={} duplicate_rows={} expired_rows={} flagged={} dead_letters={}{} db_errors={} isolations={} devices_deleted={}",
             get(&self.messages),
             get(&self.rows),
             get(&self.duplicate_rows),
+            get(&self.expired_rows),
             get(&self.flagged),
             dead_letters,
             if by_reason.is_empty() {

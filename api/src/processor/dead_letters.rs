@@ -240,7 +240,8 @@ pub async fn replay(
                         };
                         // A savepoint: a failing message leaves the others' work in place.
                         let mut savepoint = tx.begin().await?;
-                        match store::store(&mut savepoint, &[checked]).await {
+                        // The tenant's own retention applies; the processor's default is not known here.
+                        match store::store(&mut savepoint, &[checked], None).await {
                             Ok(_) => {
                                 savepoint.commit().await?;
                                 None

@@ -85,7 +85,10 @@ pub async fn run(
         counters.clone(),
         shutdown.clone(),
         health.clone(),
+        config.retention_days,
     );
+    // Rollups of rows stored before migration 014; returns at once when there are none.
+    let backfill = tokio::spawn(crate::rollups::backfill(pool.clone(), shutdown.clone()));
     let mut watch = DeviceWatch::new(&pool);
     let deleted = watch.sync(&mut batcher.cache).await;
     announce(&client, &counters, deleted);
@@ -148,6 +151,7 @@ pub async fn run(
         }
     }
     intake.cancel();
+    backfill.abort();
     drop(acks_tx);
     let _ = acker.await;
     let _ = client.disconnect().await;

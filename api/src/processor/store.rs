@@ -1,6 +1,8 @@
 //! The storing path, shared by batches and by replayed dead letters: checked messages become rows
-//! in one statement, idempotent (a redelivered envelope adds nothing), `last_seen_at` moves once
-//! per device, and alert rules are evaluated, all in the caller's transaction.
+//! in one statement that also adds exactly the new rows to the rollups (a redelivered envelope
+//! changes nothing, a late one updates exactly its buckets), samples older than their tenant's
+//! retention are counted and dropped, `last_seen_at` moves once per device, and alert rules are
+//! evaluated, all in the caller's transaction.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -30,7 +32,10 @@ impl Checked<'_> {
 /// What storing some messages did.
 #[derive(Debug, Default)]
 pub struct Stored {
+    /// Rows within retention (new or stored before).
     pub rows: u64,
+    /// Rows older than their tenant's retention: not stored.
+    pub expired: u64,
     /// Rows that were new (the others were stored before: a redelivery, a replay).
     pub inserted: u64,
     pub flagged: u64,
@@ -58,22 +63,37 @@ impl Rows {
     }
 }
 
-/// Stores `messages` in `conn` (a transaction the caller commits).
+/// Stores `messages` in `conn` (a transaction the caller commits). `default_retention_days`
+/// applies to tenants without their own `retention_days` (`None`: forever).
 pub async fn store(
     conn: &mut PgConnection,
     messages: &[Checked<'_>],
+    default_retention_days: Option<u32>,
 ) -> Result<Stored, sqlx::Error> {
+    let tenants: Vec<Uuid> = messages
+        .iter()
+        .map(|m| m.device.tenant_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let oldest = oldest_kept(&mut *conn, &tenants, default_retention_days).await?;
+    let mut expired = 0;
     let mut rows = Rows::default();
     let mut newest: HashMap<Uuid, OffsetDateTime> = HashMap::new();
     let mut samples = Vec::new();
-    let mut tenants = BTreeSet::new();
     for message in messages {
         let Checked {
             device_id,
             envelope,
             device,
         } = *message;
-        tenants.insert(device.tenant_id);
+        if oldest
+            .get(&device.tenant_id)
+            .is_some_and(|oldest| envelope.ts < *oldest)
+        {
+            expired += envelope.metrics.len() as u64;
+            continue;
+        }
         let seen = newest.entry(device_id).or_insert(envelope.ts);
         *seen = (*seen).max(envelope.ts);
         for (metric, value) in &envelope.metrics {
@@ -108,12 +128,14 @@ pub async fn store(
         }
     }
     if rows.is_empty() {
-        return Ok(Stored::default());
+        return Ok(Stored {
+            expired,
+            ..Stored::default()
+        });
     }
-    let inserted = insert(&mut *conn, &rows).await?;
+    let inserted = merge(&mut *conn, &rows).await?;
     let (devices, times): (Vec<Uuid>, Vec<OffsetDateTime>) = newest.into_iter().unzip();
     touch(&mut *conn, &devices, &times).await?;
-    let tenants: Vec<Uuid> = tenants.into_iter().collect();
     let rules = alerts::rules_for(&mut *conn, &tenants).await?;
     let events = if rules.is_empty() {
         Vec::new()
@@ -126,18 +148,94 @@ pub async fn store(
     };
     Ok(Stored {
         rows: rows.len() as u64,
+        expired,
         inserted,
         flagged: rows.flagged.iter().filter(|f| **f).count() as u64,
         events,
     })
 }
 
-/// Inserts the rows; returns how many were new.
-pub async fn insert(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query!(
-        "INSERT INTO telemetry (device_id, ts, metric, value, value_json, flagged)
-         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::float8[], $5::jsonb[], $6::bool[])
-         ON CONFLICT (device_id, metric, ts) DO NOTHING",
+/// The oldest event time each of `tenants` still keeps (absent: kept forever): its own
+/// `retention_days`, else `default_days`, back from now.
+async fn oldest_kept(
+    conn: &mut PgConnection,
+    tenants: &[Uuid],
+    default_days: Option<u32>,
+) -> Result<HashMap<Uuid, OffsetDateTime>, sqlx::Error> {
+    let default_days = default_days.map(|d| i32::try_from(d).unwrap_or(i32::MAX));
+    let rows = sqlx::query!(
+        r#"SELECT id AS "id!", now() - make_interval(days => COALESCE(retention_days, $2)) AS "oldest!"
+           FROM tenants WHERE id = ANY($1) AND COALESCE(retention_days, $2) IS NOT NULL"#,
+        tenants,
+        default_days
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.oldest)).collect())
+}
+
+/// Inserts the rows and adds exactly those that were new (numeric ones) to the 1-minute, 1-hour
+/// and 1-day rollups, in one statement; returns how many rows were new. A row stored before
+/// (a redelivery) is not returned by the insert, so it adds nothing; first and last go to the
+/// earliest and latest event time, an equal one keeping what the rollup has. Rows and buckets are
+/// written in key order, so that concurrent processors lock in the same order. The shared
+/// `rollups::LOCK` keeps a backfill step from recomputing the same buckets meanwhile.
+pub async fn merge(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::Error> {
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        crate::rollups::LOCK
+    )
+    .execute(&mut *conn)
+    .await?;
+    let inserted = sqlx::query_scalar!(
+        r#"WITH new AS (
+             INSERT INTO telemetry (device_id, ts, metric, value, value_json, flagged)
+             SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::float8[], $5::jsonb[], $6::bool[])
+                 AS u(device_id, ts, metric, value, value_json, flagged)
+             ORDER BY device_id, metric, ts
+             ON CONFLICT (device_id, metric, ts) DO NOTHING
+             RETURNING device_id, metric, ts, value
+           ), minute AS (
+             INSERT INTO telemetry_rollup_1m AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+             SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                    count(*), min(value), max(value), sum(value),
+                    (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
+             FROM new WHERE value IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+             ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+                 count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
+                 max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
+                 first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
+                 first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
+                 last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
+                 last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
+           ), hour AS (
+             INSERT INTO telemetry_rollup_1h AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+             SELECT device_id, metric, date_bin('1 hour', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                    count(*), min(value), max(value), sum(value),
+                    (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
+             FROM new WHERE value IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+             ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+                 count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
+                 max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
+                 first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
+                 first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
+                 last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
+                 last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
+           ), day AS (
+             INSERT INTO telemetry_rollup_1d AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+             SELECT device_id, metric, date_bin('1 day', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                    count(*), min(value), max(value), sum(value),
+                    (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
+             FROM new WHERE value IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+             ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+                 count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
+                 max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
+                 first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
+                 first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
+                 last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
+                 last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
+           )
+           SELECT count(*) AS "inserted!" FROM new"#,
         &rows.device_id,
         &rows.ts,
         &rows.metric,
@@ -145,9 +243,9 @@ pub async fn insert(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::E
         &rows.value_json as &[Option<serde_json::Value>],
         &rows.flagged
     )
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(result.rows_affected())
+    Ok(inserted as u64)
 }
 
 /// Moves each device's `last_seen_at` forward to its newest event time in the batch.

@@ -23,6 +23,7 @@ mod observability;
 mod partitions;
 mod processor;
 mod retention;
+mod rollups;
 mod round_trip;
 mod storage;
 mod supervision;

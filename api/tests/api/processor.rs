@@ -146,11 +146,11 @@ async fn envelopes_become_rows_and_come_back_through_the_query_routes() {
         .get(&format!("{base}/telemetry?metric=T&bucket=1m"))
         .await;
     assert_eq!(
-        buckets["items"],
-        json!([
-            { "bucket": "2026-11-24T10:01:00Z", "metric": "T", "avg": 90.0, "min": 90.0, "max": 90.0, "count": 1 },
-            { "bucket": "2026-11-24T10:00:00Z", "metric": "T", "avg": 75.0, "min": 70.0, "max": 80.0, "count": 2 },
-        ])
+        buckets,
+        json!({ "source": "1m", "items": [
+            { "bucket": "2026-11-24T10:01:00Z", "metric": "T", "avg": 90.0, "min": 90.0, "max": 90.0, "count": 1, "first": 90.0, "last": 90.0 },
+            { "bucket": "2026-11-24T10:00:00Z", "metric": "T", "avg": 75.0, "min": 70.0, "max": 80.0, "count": 2, "first": 70.0, "last": 80.0 },
+        ]})
     );
     let (_, latest) = stack.get(&format!("{base}/latest")).await;
     assert_eq!(latest["T"]["value"], 90.0);

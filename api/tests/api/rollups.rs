@@ -1,0 +1,468 @@
+//! Rollups against a real PostgreSQL: after a randomized stream with late values and
+//! redeliveries, stored through the processor's storing path, every rollup row equals the
+//! aggregate of the raw rows; queries pick the source as documented and answer the same numbers
+//! as raw; the backfill of rows stored before 014 ends exact; late samples past retention are
+//! counted, not stored (the real binary over Mosquitto).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use gito_api::processor::devices::{self, DeviceInfo};
+use gito_api::processor::store::{self, Checked};
+use gito_api::rollups::{self, Step};
+use gito_testkit::{Broker, Scrape, TestDb, publish_all, wait_for};
+use gito_wire::{Envelope, MetricValue};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use sqlx::{Connection as _, PgConnection};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::helpers::{ADMIN_TOKEN, ApiProcess, TestApp, gito_api, id_of};
+
+const TABLES: [(&str, &str); 3] = [
+    ("telemetry_rollup_1m", "1 minute"),
+    ("telemetry_rollup_1h", "1 hour"),
+    ("telemetry_rollup_1d", "1 day"),
+];
+
+/// 2026-11-24T00:00:00Z.
+fn base() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_795_478_400).expect("a time")
+}
+
+/// A tenant with `n` devices, made in SQL (the hierarchy is optional since 005).
+async fn devices(conn: &mut PgConnection, n: usize) -> Vec<Uuid> {
+    let tenant = Uuid::now_v7();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 't')")
+        .bind(tenant)
+        .execute(&mut *conn)
+        .await
+        .expect("tenant");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO devices (id, tenant_id, name) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(tenant)
+            .bind(format!("d{i}"))
+            .execute(&mut *conn)
+            .await
+            .expect("device");
+        ids.push(id);
+    }
+    ids
+}
+
+/// Stores `messages` (device, envelope) in one transaction through the processor's storing path.
+async fn store_all(conn: &mut PgConnection, messages: &[(Uuid, Envelope)]) -> store::Stored {
+    let ids: Vec<Uuid> = messages.iter().map(|(d, _)| *d).collect();
+    let known: HashMap<Uuid, DeviceInfo> = devices::fetch(&mut *conn, &ids).await.expect("devices");
+    let checked: Vec<Checked<'_>> = messages
+        .iter()
+        .map(|(device_id, envelope)| Checked {
+            device_id: *device_id,
+            envelope,
+            device: &known[device_id],
+        })
+        .collect();
+    let mut tx = conn.begin().await.expect("begin");
+    let stored = store::store(&mut tx, &checked, None).await.expect("store");
+    tx.commit().await.expect("commit");
+    stored
+}
+
+fn envelope(ts: OffsetDateTime, metrics: &[(&str, MetricValue)]) -> Envelope {
+    Envelope {
+        ts,
+        source_topic: String::new(),
+        metrics: metrics
+            .iter()
+            .map(|(m, v)| ((*m).to_owned(), v.clone()))
+            .collect(),
+    }
+}
+
+/// Rows of `table` that differ from the aggregate of raw rows, both ways (0 when equal).
+async fn differences(conn: &mut PgConnection, table: &str, width: &str) -> i64 {
+    let expected = format!(
+        "SELECT device_id, metric, date_bin('{width}', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+                count(*)::bigint AS count, min(value) AS min, max(value) AS max, sum(value) AS sum,
+                (array_agg(value ORDER BY ts))[1] AS first, min(ts) AS first_ts,
+                (array_agg(value ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
+         FROM telemetry WHERE value IS NOT NULL GROUP BY 1, 2, 3"
+    );
+    let actual = format!(
+        "SELECT device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts FROM {table}"
+    );
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM (({expected}) EXCEPT ALL ({actual})) a)
+              + (SELECT count(*) FROM (({actual}) EXCEPT ALL ({expected})) b)"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(conn)
+        .await
+        .expect("compare")
+}
+
+async fn assert_rollups_exact(conn: &mut PgConnection) {
+    for (table, width) in TABLES {
+        assert_eq!(
+            differences(conn, table, width).await,
+            0,
+            "{table} differs from the raw rows"
+        );
+    }
+}
+
+/// Every rollup row, in key order, as text: equal snapshots mean nothing changed.
+async fn snapshot(conn: &mut PgConnection) -> Vec<String> {
+    let mut rows = Vec::new();
+    for (table, _) in TABLES {
+        let sql = format!("SELECT t::text FROM {table} t ORDER BY device_id, metric, bucket");
+        rows.extend(
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&mut *conn)
+                .await
+                .expect("snapshot"),
+        );
+    }
+    rows
+}
+
+/// One message of the randomized stream: which device, how far back (seconds, up to ~60 days),
+/// and values of metrics `a` (always a number), `b` (a number, sometimes a boolean), `c` (text).
+#[derive(Debug, Clone)]
+struct Sample {
+    device: usize,
+    back: i64,
+    a: i32,
+    b: Option<i32>,
+    text: bool,
+}
+
+fn sample() -> impl Strategy<Value = Sample> {
+    // Few distinct days, hours, minutes and seconds, so that buckets collect several values and
+    // event times repeat (a second message with a stored key is a redelivery, or a conflict that
+    // keeps the first value).
+    (
+        0..2usize,
+        (0..60i64, 0..3i64, 0..3i64, 0..4i64),
+        -50..50i32,
+        proptest::option::of(-50..50i32),
+        any::<bool>(),
+    )
+        .prop_map(|(device, (day, hour, minute, sec), a, b, text)| Sample {
+            device,
+            back: day * 86_400 + hour * 3600 + minute * 60 + sec * 15,
+            a,
+            b,
+            text,
+        })
+}
+
+fn message(devices: &[Uuid], s: &Sample) -> (Uuid, Envelope) {
+    let mut metrics = vec![("a", MetricValue::Number(f64::from(s.a) / 2.0))];
+    match s.b {
+        Some(b) => metrics.push(("b", MetricValue::Number(f64::from(b)))),
+        None => metrics.push(("b", MetricValue::Bool(s.a > 0))),
+    }
+    if s.text {
+        metrics.push(("c", MetricValue::Text("on".to_owned())));
+    }
+    let ts = base() - time::Duration::seconds(s.back);
+    (devices[s.device], envelope(ts, &metrics))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rollups_equal_raw_aggregates_after_late_values_and_redeliveries(
+        stream in proptest::collection::vec(sample(), 1..60),
+        cuts in proptest::collection::vec(1..8usize, 1..20),
+        redeliver in proptest::collection::vec(any::<bool>(), 1..20),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let db = TestDb::migrated().await;
+            let mut conn = db.connect().await;
+            let ids = devices(&mut conn, 2).await;
+            let messages: Vec<(Uuid, Envelope)> = stream.iter().map(|s| message(&ids, s)).collect();
+            // Batches of random sizes, some delivered twice (now, and again after the next batch).
+            let mut batches = Vec::new();
+            let mut start = 0;
+            for (i, size) in cuts.iter().cycle().enumerate() {
+                if start >= messages.len() {
+                    break;
+                }
+                let end = (start + size).min(messages.len());
+                batches.push(messages[start..end].to_vec());
+                if redeliver[i % redeliver.len()] {
+                    batches.push(messages[start..end].to_vec());
+                }
+                start = end;
+            }
+            for batch in &batches {
+                store_all(&mut conn, batch).await;
+            }
+            assert_rollups_exact(&mut conn).await;
+
+            let before = snapshot(&mut conn).await;
+            let again = store_all(&mut conn, &messages).await;
+            assert_eq!(again.inserted, 0, "a redelivery inserts no row");
+            assert_eq!(snapshot(&mut conn).await, before, "a redelivery changes no rollup");
+        });
+    }
+}
+
+/// A device's telemetry over three days at odd seconds, some values text: what the source tests
+/// query.
+async fn three_days(conn: &mut PgConnection, device: Uuid) {
+    let mut messages = Vec::new();
+    for i in 0..400i64 {
+        let ts = base() + time::Duration::seconds(i * 653 % (3 * 86_400));
+        let value = MetricValue::Number(((i * 37) % 101) as f64 - 50.0);
+        let mut metrics = vec![("t", value)];
+        if i % 7 == 0 {
+            metrics.push(("mode", MetricValue::Text("auto".to_owned())));
+        }
+        messages.push((device, envelope(ts, &metrics)));
+    }
+    for chunk in messages.chunks(64) {
+        store_all(conn, chunk).await;
+    }
+}
+
+async fn set_backfill(conn: &mut PgConnection, done: bool) {
+    sqlx::query("UPDATE telemetry_rollup_backfill SET done = $1, after_device = NULL")
+        .bind(done)
+        .execute(conn)
+        .await
+        .expect("backfill state");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer() {
+    let app = TestApp::spawn().await;
+    let mut conn = PgConnection::connect(&app.db_url).await.expect("connect");
+    let ids = devices(&mut conn, 1).await;
+    let (device, tenant): (Uuid, Uuid) =
+        sqlx::query_as("SELECT id, tenant_id FROM devices WHERE id = $1")
+            .bind(ids[0])
+            .fetch_one(&mut conn)
+            .await
+            .expect("device");
+    three_days(&mut conn, device).await;
+    let path = format!("/tenants/{tenant}/devices/{device}/telemetry");
+    let cases = [
+        ("bucket=1h", "1h"),
+        ("bucket=2h", "1h"),
+        ("bucket=1d", "1d"),
+        ("bucket=15m", "1m"),
+        ("bucket=90s", "raw"),
+        ("bucket=7s", "raw"),
+        ("bucket=1d&from=2026-11-24T06:00:00Z", "1h"),
+        (
+            "bucket=1d&from=2026-11-24T00:00:00Z&to=2026-11-26T00:00:00Z",
+            "1d",
+        ),
+        ("bucket=1h&to=2026-11-25T05:07:00Z", "1m"),
+        ("bucket=1h&from=2026-11-24T00:00:30Z", "raw"),
+        ("bucket=1h&from=2026-11-24T01:00:00%2B01:00&metric=t", "1h"),
+        ("bucket=1h&limit=5", "1h"),
+    ];
+    for (query, source) in cases {
+        set_backfill(&mut conn, false).await;
+        let (status, raw) = app.get(&format!("{path}?{query}")).await;
+        assert_eq!(status, 200, "{query}: {raw}");
+        assert_eq!(raw["source"], "raw", "{query}: not backfilled, so raw");
+        set_backfill(&mut conn, true).await;
+        let (_, answer) = app.get(&format!("{path}?{query}")).await;
+        assert_eq!(answer["source"], source, "{query}");
+        assert_eq!(
+            answer["items"], raw["items"],
+            "{query}: same buckets as raw"
+        );
+        let items = answer["items"].as_array().expect("items");
+        assert!(!items.is_empty(), "{query}");
+        let first = &items[0];
+        for field in ["avg", "min", "max", "count", "first", "last"] {
+            assert!(first[field].is_number(), "{query}: {field} in {first}");
+        }
+        assert!(
+            items.iter().all(|b| b["metric"] == "t"),
+            "numeric values only"
+        );
+    }
+    let (_, points) = app.get(&path).await;
+    assert_eq!(points["source"], "raw", "unbucketed answers are raw points");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_rolls_up_rows_stored_before_014_with_merges_in_between() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connect().await;
+    let ids = devices(&mut conn, 3).await;
+    // Rows as 014 found them: in telemetry, in no rollup.
+    sqlx::query(
+        "INSERT INTO telemetry (device_id, ts, metric, value)
+         SELECT d, TIMESTAMPTZ '2026-10-01 00:00:00+00' + i * interval '7 minutes', 'm', (i % 13)::float8
+         FROM unnest($1::uuid[]) d, generate_series(1, 500) i",
+    )
+    .bind(&ids)
+    .execute(&mut conn)
+    .await
+    .expect("old rows");
+    set_backfill(&mut conn, false).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
+
+    assert_eq!(
+        rollups::backfill_step(&pool, 1).await.expect("step"),
+        Step::Devices(1)
+    );
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert!(
+        rollups::complete_for(&mut conn, sorted[0])
+            .await
+            .expect("complete")
+    );
+    assert!(
+        !rollups::complete_for(&mut conn, sorted[1])
+            .await
+            .expect("complete")
+    );
+    // Late values for a device already backfilled and for one not yet, and a redelivery of old rows.
+    let late = |device, minutes| {
+        let ts = OffsetDateTime::parse("2026-10-01T00:00:00Z", &Rfc3339).expect("time")
+            + time::Duration::minutes(minutes);
+        (device, envelope(ts, &[("m", MetricValue::Number(100.0))]))
+    };
+    store_all(
+        &mut conn,
+        &[late(sorted[0], 3), late(sorted[1], 4), late(sorted[2], 7)],
+    )
+    .await;
+    let mut steps = 1;
+    while rollups::backfill_step(&pool, 1).await.expect("step") != Step::Done {
+        steps += 1;
+        assert!(steps < 10, "the backfill ends");
+    }
+    assert_eq!(steps, 3, "one device per step");
+    for id in &ids {
+        assert!(
+            rollups::complete_for(&mut conn, *id)
+                .await
+                .expect("complete")
+        );
+    }
+    assert_rollups_exact(&mut conn).await;
+    assert_eq!(
+        rollups::backfill_step(&pool, 1).await.expect("step"),
+        Step::Done
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_older_than_the_retention_are_counted_and_not_stored() {
+    let db = TestDb::migrated().await;
+    let broker = Broker::start().await;
+    let mut command = gito_api(&db.url, &["serve"]);
+    command
+        .env("GITO_PROCESSOR", "on")
+        .env("GITO_MQTT_URL", broker.url())
+        .env(
+            "GITO_PROCESSOR_CLIENT_ID",
+            format!("rollups-test-{}", Uuid::new_v4().simple()),
+        )
+        .env("GITO_TELEMETRY_RETENTION_DAYS", "30");
+    let mut api = ApiProcess::start(command);
+    let addr = api.wait_ready(Duration::from_secs(30)).await;
+    let http = gito_testkit::admin_client();
+    let post = |path: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .post(format!("http://{addr}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            assert!(response.status().is_success(), "{path}");
+            response.json::<Value>().await.expect("json")
+        }
+    };
+    let weekly = id_of(&post("/tenants".into(), json!({ "name": "weekly" })).await);
+    let default = id_of(&post("/tenants".into(), json!({ "name": "default" })).await);
+    let mut conn = db.connect().await;
+    sqlx::query("UPDATE tenants SET retention_days = 7 WHERE id = $1")
+        .bind(weekly)
+        .execute(&mut conn)
+        .await
+        .expect("retention");
+    let mut topics = BTreeMap::new();
+    for tenant in [weekly, default] {
+        let device = id_of(
+            &post(
+                format!("/tenants/{tenant}/devices"),
+                json!({ "name": "d", "external_id": format!("{tenant}/d") }),
+            )
+            .await,
+        );
+        topics.insert(tenant, format!("{tenant}/devices/{device}/telemetry"));
+    }
+    let days_ago = |days: i64| {
+        let ts = (OffsetDateTime::now_utc() - time::Duration::days(days))
+            .format(&Rfc3339)
+            .expect("format");
+        json!({ "ts": ts, "metrics": { "v": days, "w": 1 } })
+            .to_string()
+            .into_bytes()
+    };
+    publish_all(
+        &broker.url(),
+        vec![
+            (topics[&weekly].clone(), days_ago(10)),
+            (topics[&weekly].clone(), days_ago(1)),
+            (topics[&default].clone(), days_ago(10)),
+            (topics[&default].clone(), days_ago(40)),
+        ],
+    )
+    .await;
+    let scrape = || async {
+        Scrape::get(&format!("http://{addr}/metrics"), Some(ADMIN_TOKEN))
+            .await
+            .expect("metrics")
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "4 rows stored, 4 expired",
+        || async {
+            let s = scrape().await;
+            s.value("gito_processor_rows_stored_total", &[]) == 4.0
+                && s.value("gito_processor_rows_expired_total", &[]) == 4.0
+        },
+    )
+    .await;
+    let kept: Vec<(Uuid, f64)> = sqlx::query_as(
+        "SELECT d.tenant_id, t.value FROM telemetry t JOIN devices d ON d.id = t.device_id
+         WHERE t.metric = 'v' ORDER BY 1, 2",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("rows");
+    let mut expected = vec![(weekly, 1.0), (default, 10.0)];
+    expected.sort_by_key(|(t, _)| *t);
+    assert_eq!(kept, expected);
+    assert!(
+        api.count("samples older than their tenant's retention were not stored") >= 1,
+        "one log line per batch that dropped some"
+    );
+    let rolled: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM telemetry_rollup_1d")
+        .fetch_one(&mut conn)
+        .await
+        .expect("rollups");
+    assert_eq!(rolled, 4, "expired samples are in no rollup either");
+}
