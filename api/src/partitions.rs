@@ -29,12 +29,6 @@ pub const EVERY: Duration = Duration::from_secs(300);
 pub const DELETE_BATCH: i64 = 10_000;
 /// How long a DDL statement of the maintainer waits for a lock before giving up until next round.
 const LOCK_TIMEOUT: &str = "2s";
-/// The rollup tables (migration 014), pruned with the raw rows when they exist.
-const ROLLUP_TABLES: [&str; 3] = [
-    "telemetry_rollup_1m",
-    "telemetry_rollup_1h",
-    "telemetry_rollup_1d",
-];
 
 /// One partition of `telemetry` as the catalog describes it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -429,40 +423,20 @@ async fn delete_expired(
     }
 }
 
-/// Prunes the rollups (telemetry_rollup_1m/1h/1d of migration 014: device_id, metric, bucket,
-/// ...) of a tenant's devices whose bucket starts before `before`, in batches like the raw rows.
-/// A table that does not exist (014 not applied) is skipped: runtime queries, since the
-/// compile-time checked ones would need 014 in every build.
+/// Deletes a tenant's rollup rows (migration 014) whose whole bucket lies before `before`,
+/// `DELETE_BATCH` per statement: a bucket still holding one unexpired sample stays whole, so a
+/// rollup never answers for only part of what its bucket covered.
 pub async fn prune_rollups(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     before: OffsetDateTime,
 ) -> Result<u64, sqlx::Error> {
     let mut total = 0;
-    for table in ROLLUP_TABLES {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(format!("public.{table}"))
-            .fetch_one(&mut *conn)
-            .await?;
-        if !exists {
-            continue;
-        }
+    for table in [Rollup::Minute, Rollup::Hour, Rollup::Day] {
         loop {
-            let n = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table} r
-                 USING (SELECT device_id, metric, bucket FROM {table}
-                        WHERE device_id IN (SELECT id FROM devices WHERE tenant_id = $1)
-                          AND bucket < $2
-                        LIMIT $3) AS expired
-                 WHERE r.device_id = expired.device_id AND r.metric = expired.metric
-                   AND r.bucket = expired.bucket"
-            )))
-            .bind(tenant_id)
-            .bind(before)
-            .bind(DELETE_BATCH)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+            let n = table
+                .delete_before(&mut *conn, tenant_id, before - table.width())
+                .await?;
             total += n;
             if n < DELETE_BATCH as u64 {
                 break;
@@ -470,6 +444,75 @@ pub async fn prune_rollups(
         }
     }
     Ok(total)
+}
+
+/// The three rollup tables, each pruned by its own checked statement.
+#[derive(Debug, Clone, Copy)]
+enum Rollup {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Rollup {
+    fn width(self) -> time::Duration {
+        match self {
+            Rollup::Minute => time::Duration::MINUTE,
+            Rollup::Hour => time::Duration::HOUR,
+            Rollup::Day => time::Duration::DAY,
+        }
+    }
+
+    /// Deletes at most `DELETE_BATCH` of the tenant's rows with `bucket <= last_bucket`.
+    async fn delete_before(
+        self,
+        conn: &mut PgConnection,
+        tenant_id: Uuid,
+        last_bucket: OffsetDateTime,
+    ) -> Result<u64, sqlx::Error> {
+        let done = match self {
+            Rollup::Minute => sqlx::query!(
+                "DELETE FROM telemetry_rollup_1m r
+                 USING (SELECT device_id, metric, bucket FROM telemetry_rollup_1m
+                        WHERE device_id IN (SELECT id FROM devices WHERE tenant_id = $1)
+                          AND bucket <= $2
+                        LIMIT $3) AS expired
+                 WHERE (r.device_id, r.metric, r.bucket) = (expired.device_id, expired.metric, expired.bucket)",
+                tenant_id,
+                last_bucket,
+                DELETE_BATCH
+            )
+            .execute(conn)
+            .await?,
+            Rollup::Hour => sqlx::query!(
+                "DELETE FROM telemetry_rollup_1h r
+                 USING (SELECT device_id, metric, bucket FROM telemetry_rollup_1h
+                        WHERE device_id IN (SELECT id FROM devices WHERE tenant_id = $1)
+                          AND bucket <= $2
+                        LIMIT $3) AS expired
+                 WHERE (r.device_id, r.metric, r.bucket) = (expired.device_id, expired.metric, expired.bucket)",
+                tenant_id,
+                last_bucket,
+                DELETE_BATCH
+            )
+            .execute(conn)
+            .await?,
+            Rollup::Day => sqlx::query!(
+                "DELETE FROM telemetry_rollup_1d r
+                 USING (SELECT device_id, metric, bucket FROM telemetry_rollup_1d
+                        WHERE device_id IN (SELECT id FROM devices WHERE tenant_id = $1)
+                          AND bucket <= $2
+                        LIMIT $3) AS expired
+                 WHERE (r.device_id, r.metric, r.bucket) = (expired.device_id, expired.metric, expired.bucket)",
+                tenant_id,
+                last_bucket,
+                DELETE_BATCH
+            )
+            .execute(conn)
+            .await?,
+        };
+        Ok(done.rows_affected())
+    }
 }
 
 /// TimescaleDB does what this module does (and compression); say so where it is installed.

@@ -232,3 +232,81 @@ async fn the_deployment_default_applies_to_tenants_without_their_own() {
         "30 is the longest: whole partitions, and 013's legacy one is not expired"
     );
 }
+
+/// Rollup rows of `device`, one per bucket of `table`, for the last 60 days.
+async fn rollups_for_60_days(pool: &PgPool, table: &str, width: &str, device: Uuid) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+         SELECT $1, 'm', b, 1, 1, 1, 1, 1, b, 1, b
+         FROM generate_series(date_trunc('{width}', now()) - INTERVAL '60 days', now(), INTERVAL '1 {width}') b"
+    )))
+    .bind(device)
+    .execute(pool)
+    .await
+    .expect("rollups");
+}
+
+#[tokio::test]
+async fn retention_prunes_rollup_buckets_that_lie_wholly_before_the_cutoff_and_only_the_tenants() {
+    let app = TestApp::spawn().await;
+    let pool = &app.pool;
+    let now = OffsetDateTime::now_utc();
+    let (short, forever) = (app.tenant("short").await, app.tenant("forever").await);
+    app.patch(
+        &format!("/tenants/{short}"),
+        json!({ "retention_days": 10 }),
+    )
+    .await;
+    let s = device_with_60_days(pool, short, now).await;
+    let f = device_with_60_days(pool, forever, now).await;
+    let tables = [
+        ("telemetry_rollup_1m", "minute"),
+        ("telemetry_rollup_1h", "hour"),
+        ("telemetry_rollup_1d", "day"),
+    ];
+    for (table, width) in tables {
+        for device in [s, f] {
+            rollups_for_60_days(pool, table, width, device).await;
+        }
+    }
+    let count = |table: &'static str, device: Uuid| async move {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE device_id = $1"
+        )))
+        .bind(device)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+    };
+    let mut before = Vec::new();
+    for (table, _) in tables {
+        before.push(count(table, f).await);
+    }
+
+    let mut conn = pool.acquire().await.expect("conn");
+    partitions::enforce_retention(&mut conn, None, now)
+        .await
+        .expect("retention");
+    let cutoff = now - time::Duration::days(10);
+    for ((table, width), kept_by_forever) in tables.into_iter().zip(before) {
+        // What must stay: every bucket that ends after the cutoff.
+        let expected: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM generate_series(date_trunc('{width}', now()) - INTERVAL '60 days', now(), INTERVAL '1 {width}') b
+             WHERE b + INTERVAL '1 {width}' > $1"
+        )))
+        .bind(cutoff)
+        .fetch_one(pool)
+        .await
+        .expect("expected");
+        assert_eq!(
+            count(table, s).await,
+            expected,
+            "{table} of the 10-day tenant"
+        );
+        assert_eq!(
+            count(table, f).await,
+            kept_by_forever,
+            "{table} of the tenant that keeps everything"
+        );
+    }
+}
