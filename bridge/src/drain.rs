@@ -1,5 +1,7 @@
-//! The drainer: republishes the spool, oldest first, whenever it has records, retrying the API
-//! with backoff, and hands the bridge back to direct forwarding once the spool is empty.
+//! The drainers: each republishes its lane, oldest first, whenever it has records, asking the API
+//! for the paths not known yet in batches, with backoff. The spool's drainer hands the bridge back
+//! to direct forwarding once the spool is empty; the waiting lane's drainer (`waiting`) hands each
+//! path back once its messages there are republished.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +20,24 @@ use gito_runtime::Backoff;
 /// Records the drainer republishes per spool commit: as many new paths as one batch call takes.
 const DRAIN_BATCH: usize = crate::api::MAX_BATCH;
 
-/// Republishes the spool, oldest first, whenever it has records.
-pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
+/// Which of the two lanes a drainer empties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// `Context::spool`: everything behind a failure, in arrival order.
+    Spool,
+    /// `Context::waiting`: the messages of paths not known yet.
+    Waiting,
+}
+
+/// Republishes `lane`, oldest first, whenever it has records.
+pub async fn drain(ctx: Arc<Context>, lane: Lane, stop: CancellationToken) {
+    let spool = match lane {
+        Lane::Spool => ctx.spool.clone(),
+        Lane::Waiting => ctx.waiting.lane.clone(),
+    };
     let mut api_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        let (records, position) = match ctx.spool.read(DRAIN_BATCH).await {
+        let (records, position) = match spool.read(DRAIN_BATCH).await {
             Ok(read) => read,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the spool");
@@ -33,12 +48,12 @@ pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
             }
         };
         if records.is_empty() {
-            if ctx.spool.finish_if_empty() {
+            if spool.finish_if_empty() && lane == Lane::Spool {
                 tracing::info!("spool drained; forwarding directly again");
             }
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = ctx.spool.appended() => {}
+                () = spool.appended() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             continue;
@@ -72,8 +87,12 @@ pub async fn drain(ctx: Arc<Context>, stop: CancellationToken) {
         if !delivered {
             continue;
         }
-        if let Err(e) = ctx.spool.commit(position, records.len() as u64).await {
-            tracing::error!(error = %e, "cannot commit the spool cursor; the batch will be republished");
+        match spool.commit(position, records.len() as u64).await {
+            Ok(()) if lane == Lane::Waiting => ctx.waiting.release(&records),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot commit the spool cursor; the batch will be republished")
+            }
         }
     }
 }

@@ -1,15 +1,18 @@
 //! The ordered path from the external broker to the local one.
 //!
 //! Every message is first given its identity (`identity`: the stamp of its first receipt, kept
-//! across redeliveries and restarts). Direct mode: each message is mapped, its device found (cache
-//! or API), republished, and acked to the external broker once the local broker acknowledged it;
-//! the local broker's acknowledgements of the last seconds stay in the replay window (`replay`),
-//! moved to the spool when the connection to it is lost. When that cannot proceed (the
-//! API is down for a new device, the local broker is down), everything not yet acknowledged is
-//! written to the spool in arrival order and acked, and every later message is appended behind
-//! it: the external broker keeps delivering, order per device is kept, and nothing acked is only
-//! in memory. The drainer republishes the spool, oldest first, and returns to direct mode when
-//! the spool is empty.
+//! across redeliveries and restarts). A message of a path not known yet, or of a path with
+//! messages waiting for their device already, goes to the waiting lane (`waiting`) and is acked
+//! once it is on disk, so that the API (slow, down, or over the creation budget) never holds up
+//! known devices. Direct mode: each message of a known device is mapped, republished, and acked
+//! to the external broker once the local broker acknowledged it; the local broker's
+//! acknowledgements of the last seconds stay in the replay window (`replay`), moved to the spool
+//! when the connection to it is lost. When that cannot proceed (the local broker is down),
+//! everything not yet acknowledged is written to the spool in arrival order and acked, and every
+//! later message not bound for the waiting lane is appended behind it: the external broker keeps
+//! delivering, order per device is kept, and nothing acked is only in memory. The drainer
+//! republishes the spool, oldest first, and returns to direct mode when the spool is empty.
+//! Acks go out in arrival order.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -24,14 +27,15 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::api::{self, DeviceResolver, ResolveError};
+use crate::api::DeviceResolver;
 use crate::identity::{Identity, Receipts, fingerprint};
 use crate::local::{Delivery, LocalPublisher};
-use crate::mapping::{Mapped, Mapping, Unmapped};
+use crate::mapping::{Mapping, Unmapped};
 use crate::metrics::{DropReason, Metrics};
 use crate::payload::{self, Rejected};
 use crate::replay::ReplayWindow;
 use crate::spool::{Record, SpoolHandle};
+use crate::waiting::Waiting;
 
 /// How long the local broker may be unreachable before waiting messages go to the spool.
 const SPILL_AFTER: Duration = Duration::from_secs(1);
@@ -52,6 +56,8 @@ pub struct Context {
     pub resolver: DeviceResolver,
     pub publisher: LocalPublisher,
     pub spool: Arc<SpoolHandle>,
+    /// Where messages of paths not known yet wait for their device.
+    pub waiting: Waiting,
     /// To the acker task, in the order messages were received.
     pub acks: mpsc::UnboundedSender<Ack>,
     /// What the local broker acknowledged lately (the forwarder's and the drainer's).
@@ -60,9 +66,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
 }
 
-/// A message republished and not yet acknowledged by the local broker.
+/// A message republished and not yet acknowledged by the local broker; or (`record: None`,
+/// delivered already) one in the waiting lane whose ack waits for its turn behind them.
 struct Inflight {
-    record: Record,
+    record: Option<Record>,
     device_id: Uuid,
     payload: Bytes,
     ack: Ack,
@@ -200,6 +207,14 @@ async fn head(
     (&mut inflight.front_mut().expect("guarded by !is_empty").delivery).await
 }
 
+/// Where the forwarder sends a message (`Forwarder::route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Waiting,
+    Spool,
+    Direct(Uuid),
+}
+
 /// The forwarder task's own state.
 struct Forwarder {
     ctx: Arc<Context>,
@@ -222,7 +237,9 @@ impl Forwarder {
     fn head_delivered(&mut self, delivered: bool) {
         let done = self.inflight.pop_front().expect("head exists");
         if delivered {
-            self.ctx.delivered(done.device_id, done.payload);
+            if done.record.is_some() {
+                self.ctx.delivered(done.device_id, done.payload);
+            }
             self.ack(done.ack);
         }
     }
@@ -259,74 +276,108 @@ impl Forwarder {
         let Some(first) = self.prepare(&publish) else {
             return;
         };
-        if self.ctx.spool.is_active() {
-            // Behind the spool: append this one and whatever else is already waiting, with one
-            // fsync.
-            let mut batch = vec![first];
+        let mut batch = vec![first];
+        if !matches!(self.route(&batch[0].0), Route::Direct(_)) {
+            // Going to disk: with whatever else is already waiting, with one fsync per lane.
             while batch.len() < SPOOL_BATCH {
                 let Ok(next) = incoming.try_recv() else { break };
                 if let Some(prepared) = self.prepare(&next) {
                     batch.push(prepared);
                 }
             }
-            self.spool_and_ack(Vec::new(), batch, incoming).await;
-            return;
         }
-        let mut batch = vec![first];
-        if self.ctx.resolver.cached(&batch[0].0.external_id).is_none() {
-            // A new path: it is asked for together with the new paths of whatever else is
-            // already waiting, in as few batch calls as possible.
-            while batch.len() < api::MAX_BATCH {
-                let Ok(next) = incoming.try_recv() else { break };
-                if let Some(prepared) = self.prepare(&next) {
-                    batch.push(prepared);
+        let mut routed = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::new();
+        for (record, ack) in batch {
+            let route = self.route(&record);
+            if route == Route::Waiting {
+                // Held from now on: the path's later messages go behind this one.
+                self.ctx.waiting.hold(std::slice::from_ref(&record));
+                waiting.push(record.clone());
+            }
+            routed.push((record, ack, route));
+        }
+        if !waiting.is_empty() {
+            let lane = self.ctx.waiting.lane.clone();
+            if !self
+                .spool_and_ack(&lane, waiting, Vec::new(), incoming)
+                .await
+            {
+                // Shutdown: nothing of this batch is acked, the broker redelivers it.
+                return;
+            }
+        }
+        // In arrival order; the acks of those in the waiting lane in their turn.
+        let mut routed = routed.into_iter();
+        while let Some((record, ack, route)) = routed.next() {
+            match route {
+                Route::Waiting => self.waited(ack),
+                Route::Direct(device_id) if !self.ctx.spool.is_active() => {
+                    self.forward_one(record, ack, device_id, incoming).await
+                }
+                Route::Direct(_) | Route::Spool => {
+                    // Behind the spool: this one and the rest not in the waiting lane, in
+                    // order; the acks of those in the waiting lane follow.
+                    let (waited, behind): (Vec<_>, Vec<_>) = std::iter::once((record, ack, route))
+                        .chain(routed)
+                        .partition(|(_, _, route)| *route == Route::Waiting);
+                    let behind = behind
+                        .into_iter()
+                        .map(|(record, ack, _)| (record, ack))
+                        .collect();
+                    let spool = self.ctx.spool.clone();
+                    self.spool_and_ack(&spool, Vec::new(), behind, incoming)
+                        .await;
+                    waited.into_iter().for_each(|(_, ack, _)| self.waited(ack));
+                    return;
                 }
             }
         }
-        let mapped: Vec<Mapped> = batch.iter().map(|(record, _)| record.mapped()).collect();
-        let resolved = self
-            .ctx
-            .resolver
-            .resolve_many(&mapped, &self.ctx.metrics)
-            .await;
-        let mut rest = batch.into_iter().zip(resolved);
-        while let Some(((record, ack), resolved)) = rest.next() {
-            if self.ctx.spool.is_active() {
-                // Spilled meanwhile: the rest goes behind it, in order.
-                let behind = std::iter::once((record, ack))
-                    .chain(rest.map(|(prepared, _)| prepared))
-                    .collect();
-                self.spool_and_ack(Vec::new(), behind, incoming).await;
-                return;
-            }
-            self.forward_one(record, ack, resolved, incoming).await;
+    }
+
+    /// Where a message goes: the waiting lane if its path is not known or has messages waiting
+    /// there already; else behind the spool while it is in use (new paths too: everything behind
+    /// a failure keeps its arrival order), else directly to its device.
+    fn route(&self, record: &Record) -> Route {
+        if self.ctx.waiting.holds(&record.external_id) {
+            return Route::Waiting;
+        }
+        if self.ctx.spool.is_active() {
+            return Route::Spool;
+        }
+        match self.ctx.resolver.cached(&record.external_id) {
+            Some(device_id) => Route::Direct(device_id),
+            None => Route::Waiting,
         }
     }
 
-    /// Republishes one message whose device was looked up, or spools it.
+    /// The ack of a message now in the waiting lane, in its turn behind those still in flight.
+    fn waited(&mut self, ack: Ack) {
+        if self.inflight.is_empty() {
+            self.ack(ack);
+            return;
+        }
+        let (done, delivery) = tokio::sync::oneshot::channel();
+        let _ = done.send(());
+        self.inflight.push_back(Inflight {
+            record: None,
+            device_id: Uuid::nil(),
+            payload: Bytes::new(),
+            ack,
+            sent_at: Instant::now(),
+            delivery,
+        });
+    }
+
+    /// Republishes one message of a known device, or spools it.
     async fn forward_one(
         &mut self,
         mut record: Record,
         ack: Ack,
-        resolved: Result<Uuid, ResolveError>,
+        device_id: Uuid,
         incoming: &mut mpsc::Receiver<Publish>,
     ) {
         let ctx = self.ctx.clone();
-        let device_id = match resolved {
-            Ok(id) => id,
-            Err(ResolveError::Rejected { status, body }) => {
-                ctx.metrics.dropped(DropReason::ApiRejected, 1);
-                tracing::error!(%status, body, external_id = record.external_id, "the API refused the device; message dropped");
-                self.ack(ack);
-                return;
-            }
-            Err(why @ (ResolveError::Unavailable(_) | ResolveError::OverBudget)) => {
-                let reason = why.to_string();
-                self.spill(Vec::new(), vec![(record, ack)], &reason, incoming)
-                    .await;
-                return;
-            }
-        };
         record.device_id = Some(device_id);
         if ctx.publisher.down_for() >= SPILL_AFTER {
             self.spill(
@@ -344,7 +395,7 @@ impl Forwarder {
         }
         match tokio::time::timeout(SPILL_AFTER, ctx.republish(device_id, &record)).await {
             Ok((delivery, payload)) => self.inflight.push_back(Inflight {
-                record,
+                record: Some(record),
                 device_id,
                 payload,
                 ack,
@@ -399,7 +450,9 @@ impl Forwarder {
                     "replaying what the local broker acknowledged since it came back"
                 );
                 Metrics::add(&self.ctx.metrics.replayed, window.len() as u64);
-                self.spool_and_ack(window, Vec::new(), incoming).await;
+                let spool = self.ctx.spool.clone();
+                self.spool_and_ack(&spool, window, Vec::new(), incoming)
+                    .await;
             }
             return;
         }
@@ -451,27 +504,38 @@ impl Forwarder {
             }
         }
         self.ctx.publisher.cancel_all();
-        let mut batch: Vec<(Record, Ack)> =
-            self.inflight.drain(..).map(|i| (i.record, i.ack)).collect();
+        // Those in the waiting lane are durable already: only their acks wait, behind the rest.
+        let mut waited = Vec::new();
+        let mut batch = Vec::new();
+        for inflight in self.inflight.drain(..) {
+            match inflight.record {
+                Some(record) => batch.push((record, inflight.ack)),
+                None => waited.push(inflight.ack),
+            }
+        }
         batch.extend(more);
         tracing::warn!(
             reason,
             messages = batch.len() + replay.len(),
             "spooling to disk until it recovers"
         );
-        self.spool_and_ack(replay, batch, incoming).await;
+        let spool = self.ctx.spool.clone();
+        self.spool_and_ack(&spool, replay, batch, incoming).await;
+        waited.into_iter().for_each(|ack| self.ack(ack));
     }
 
-    /// Appends `replay` and `batch` to the spool, then acks `batch`. A write that fails (a full
-    /// disk, an I/O error) was rolled back by the spool; it is retried until it succeeds, with
-    /// the messages unacknowledged meanwhile — the external broker holds back the rest, nothing
-    /// overtakes them — or until shutdown, which leaves them to the broker's redelivery.
+    /// Appends `replay` and `batch` to `spool` (the spool or the waiting lane), then acks
+    /// `batch`. A write that fails (a full disk, an I/O error) was rolled back by the spool; it is
+    /// retried until it succeeds, with the messages unacknowledged meanwhile — the external broker
+    /// holds back the rest, nothing overtakes them — or until shutdown, which leaves them to the
+    /// broker's redelivery (`false`).
     async fn spool_and_ack(
         &mut self,
+        spool: &Arc<SpoolHandle>,
         replay: Vec<Record>,
         batch: Vec<(Record, Ack)>,
         incoming: &mpsc::Receiver<Publish>,
-    ) {
+    ) -> bool {
         // Each record with the ack it releases (none for the replayed ones).
         let acks: Vec<Option<Ack>> = replay
             .iter()
@@ -483,7 +547,7 @@ impl Forwarder {
             .chain(batch.into_iter().map(|(record, _)| record))
             .collect();
         if !self.journal(incoming).await {
-            return;
+            return false;
         }
         // Written whole if it fits; on a failure in halves, down to one record, each part acked
         // as soon as it is on disk — a batch larger than what a nearly full disk has left must
@@ -499,7 +563,7 @@ impl Forwarder {
                 Some(records) => records,
                 None => Arc::new(all[start..end].to_vec()),
             };
-            match self.ctx.spool.append(part).await {
+            match spool.append(part).await {
                 Ok(()) => {
                     acks[start..end]
                         .iter()
@@ -513,7 +577,7 @@ impl Forwarder {
                     }
                     failures += 1;
                     if incoming.is_closed() {
-                        return;
+                        return false;
                     }
                     if chunk > 1 {
                         chunk = chunk.div_ceil(2);
@@ -526,6 +590,7 @@ impl Forwarder {
         if failures > 0 {
             tracing::info!(failures, "the spool is writable again");
         }
+        true
     }
 
     /// Writes the identities handed out so far to the receipts journal, retrying like the spool;

@@ -18,6 +18,7 @@ pub mod payload;
 pub mod replay;
 pub mod simulate;
 pub mod spool;
+pub mod waiting;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,7 @@ use crate::mapping::Mapping;
 use crate::metrics::Metrics;
 use crate::replay::ReplayWindow;
 use crate::spool::{Spool, SpoolHandle};
+use crate::waiting::Waiting;
 
 /// Messages the local publisher keeps unacknowledged at most.
 const LOCAL_INFLIGHT: usize = 1024;
@@ -63,8 +65,8 @@ pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::R
 /// `run`, with the counters in the caller's hands (tests read them).
 ///
 /// Every task is supervised and stopped in this order at shutdown: the forwarder (the external
-/// broker stops handing messages over, what is in flight is acknowledged), the drainer, the
-/// acker (once both are done, every ack is queued), the external connection (acks first, then
+/// broker stops handing messages over, what is in flight is acknowledged), the drainers (of the
+/// spool, then of the waiting lane), the acker (once all are done, every ack is queued), the external connection (acks first, then
 /// the disconnect), the local connection, the counters' log and the metrics page. If any of them
 /// ends on its own, the rest are stopped the same way and the error names it.
 pub async fn run_with_metrics(
@@ -84,6 +86,9 @@ pub async fn run_with_metrics(
             "resuming with messages left in the spool"
         );
     }
+    let waiting_dir = config.spool_dir.join("waiting");
+    let waiting = Waiting::open(&waiting_dir, config.spool_max_bytes, metrics.clone())
+        .with_context(|| format!("opening the waiting lane in {}", waiting_dir.display()))?;
     let known = KnownDevices::open(&config.spool_dir, config.device_cache_max, MAP_TRUSTED_FOR)
         .with_context(|| {
             format!(
@@ -152,7 +157,8 @@ pub async fn run_with_metrics(
         max_payload_bytes: config.max_payload_bytes,
         resolver,
         publisher: publisher.clone(),
-        spool: SpoolHandle::new(spool, metrics.clone()),
+        spool: SpoolHandle::new(spool, "spool", metrics.clone()),
+        waiting,
         acks: acks_tx,
         replay: Mutex::new(ReplayWindow::new(
             Duration::from_secs(config.replay_window_secs),
@@ -178,7 +184,14 @@ pub async fn run_with_metrics(
         }
     });
     tasks.spawn("drainer", |stop| {
-        let drained = drain::drain(ctx.clone(), stop);
+        let drained = drain::drain(ctx.clone(), drain::Lane::Spool, stop);
+        async move {
+            drained.await;
+            Ok(())
+        }
+    });
+    tasks.spawn("waiting drainer", |stop| {
+        let drained = drain::drain(ctx.clone(), drain::Lane::Waiting, stop);
         async move {
             drained.await;
             Ok(())
@@ -187,7 +200,7 @@ pub async fn run_with_metrics(
     tasks.spawn("device events", |stop| {
         forget_deleted_devices(ctx.clone(), device_events, stop)
     });
-    // The forwarder and the drainer hold the only other senders of acks now.
+    // The forwarder and the drainers hold the only other senders of acks now.
     drop(ctx);
     let external_client = external.client.clone();
     tasks.spawn("acker", |_stop| async move {

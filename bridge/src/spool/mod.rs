@@ -22,16 +22,19 @@ pub use self::record::Record;
 /// appended behind it until the drainer has emptied it.
 pub struct SpoolHandle {
     spool: Mutex<Spool>,
+    /// The `lane` label of its gauges: `spool`, or `waiting` for the lane of `waiting`.
+    lane: &'static str,
     active: AtomicBool,
     wake: Notify,
     metrics: Arc<Metrics>,
 }
 
 impl SpoolHandle {
-    pub fn new(spool: Spool, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(spool: Spool, lane: &'static str, metrics: Arc<Metrics>) -> Arc<Self> {
         let active = !spool.is_empty();
         let handle = Arc::new(SpoolHandle {
             spool: Mutex::new(spool),
+            lane,
             active: AtomicBool::new(active),
             wake: Notify::new(),
             metrics,
@@ -44,8 +47,9 @@ impl SpoolHandle {
     /// `ts` (read from disk: called on every scrape, so that the age grows between events).
     pub fn observe(&self) {
         let spool = self.spool.lock().expect("spool lock");
-        metrics::gauge!("gito_bridge_spool_bytes").set(spool.bytes() as f64);
-        metrics::gauge!("gito_bridge_spool_records").set(spool.len() as f64);
+        let lane = self.lane;
+        metrics::gauge!("gito_bridge_spool_bytes", "lane" => lane).set(spool.bytes() as f64);
+        metrics::gauge!("gito_bridge_spool_records", "lane" => lane).set(spool.len() as f64);
         let oldest = match spool.read(1) {
             Ok((records, _)) => records.first().map(|r| r.envelope.ts),
             Err(_) => None,
@@ -55,7 +59,7 @@ impl SpoolHandle {
                 .as_seconds_f64()
                 .max(0.0)
         });
-        metrics::gauge!("gito_bridge_spool_oldest_age_seconds").set(age);
+        metrics::gauge!("gito_bridge_spool_oldest_age_seconds", "lane" => lane).set(age);
     }
 
     pub fn is_active(&self) -> bool {

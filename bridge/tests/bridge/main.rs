@@ -9,3 +9,4 @@ mod faults;
 mod helpers;
 mod mapping;
 mod scrape;
+mod waiting;
