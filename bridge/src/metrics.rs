@@ -172,7 +172,10 @@ impl Default for Metrics {
                 "batch_calls",
                 "Batch calls to gito-api answered (each finds or creates up to 1000 devices)",
             ),
-            spooled: Count::new("spooled", "Messages written to the on-disk spool"),
+            spooled: Count::new(
+                "spooled",
+                "Messages written to disk to wait: in the spool, or in the lane for new devices",
+            ),
             api_errors: Count::new("api_errors", "Failed calls to gito-api"),
             broker_errors: Count::new("broker_errors", "Connection errors with either broker"),
             replayed: Count::new(
