@@ -3,6 +3,7 @@
 //! to direct forwarding once the spool is empty; the waiting lane's drainer (`waiting`) hands each
 //! path back once its messages there are republished.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,24 +59,86 @@ pub async fn drain(ctx: Arc<Context>, lane: Lane, stop: CancellationToken) {
             }
             continue;
         }
-        let Some(devices) = resolve_all(&ctx, &records, &stop, &mut api_backoff).await else {
+        if !republish(&ctx, lane, &records, &stop, &mut api_backoff).await {
             return;
-        };
-        let mut deliveries = Vec::with_capacity(records.len());
-        for (record, device_id) in records.iter().zip(devices) {
-            if let Some(id) = device_id {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    (delivery, payload) = ctx.republish(id, record) => deliveries.push((id, delivery, payload)),
+        }
+        // Retried rather than read again: what was republished is counted out of `waiting` once.
+        while let Err(e) = spool.commit(position, records.len() as u64).await {
+            tracing::error!(error = %e, "cannot commit the spool cursor; retrying");
+            if sleep_or_stop(&stop, Duration::from_secs(1)).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Republishes one read, oldest first: each record as soon as its device is known (the unknown
+/// ones asked for together, retried until each is answered), never ahead of an earlier record of
+/// its path — so a path the API answers is not held up by one over the budget or refused. A
+/// record the API refuses is dropped and counted. A round the local broker does not acknowledge
+/// whole is republished again. `false` at shutdown.
+async fn republish(
+    ctx: &Context,
+    lane: Lane,
+    records: &[Record],
+    stop: &CancellationToken,
+    api_backoff: &mut Backoff,
+) -> bool {
+    let mut devices: Vec<Option<Uuid>> = records.iter().map(|r| r.device_id).collect();
+    let mut refused = vec![false; records.len()];
+    let mut done = vec![false; records.len()];
+    loop {
+        let open: Vec<usize> = (0..records.len())
+            .filter(|&i| !done[i] && !refused[i] && devices[i].is_none())
+            .collect();
+        let (mut over_budget, mut unavailable) = (false, false);
+        if !open.is_empty() {
+            let mapped: Vec<Mapped> = open.iter().map(|&i| records[i].mapped()).collect();
+            let answers = ctx.resolver.resolve_many(&mapped, &ctx.metrics).await;
+            for (i, answer) in open.into_iter().zip(answers) {
+                match answer {
+                    Ok(id) => devices[i] = Some(id),
+                    Err(ResolveError::Rejected { status, body }) => {
+                        refused[i] = true;
+                        ctx.metrics.dropped(DropReason::ApiRejected, 1);
+                        tracing::error!(%status, body, external_id = records[i].external_id, "the API refused the device; spooled message dropped");
+                    }
+                    Err(ResolveError::OverBudget) => over_budget = true,
+                    Err(ResolveError::Unavailable(_)) => unavailable = true,
                 }
             }
+        }
+
+        // This round: every record not done whose device is known (or refused), in order, none
+        // behind an unanswered record of its path.
+        let mut blocked: HashSet<&str> = HashSet::new();
+        let mut round = Vec::new();
+        let mut deliveries = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            let path = record.external_id.as_str();
+            if done[i] || blocked.contains(path) {
+                continue;
+            }
+            if refused[i] {
+                round.push(i);
+                continue;
+            }
+            let Some(id) = devices[i] else {
+                blocked.insert(path);
+                continue;
+            };
+            tokio::select! {
+                () = stop.cancelled() => return false,
+                (delivery, payload) = ctx.republish(id, record) => deliveries.push((id, delivery, payload)),
+            }
+            round.push(i);
         }
         let mut delivered = true;
         for (id, delivery, payload) in deliveries {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return false,
                 // Cancelled when the forwarder spilled meanwhile (the local connection was
-                // lost): the batch is then simply republished again.
+                // lost): the round is then simply republished again.
                 result = delivery => {
                     if result.is_ok() {
                         ctx.delivered(id, payload);
@@ -84,69 +147,28 @@ pub async fn drain(ctx: Arc<Context>, lane: Lane, stop: CancellationToken) {
                 }
             }
         }
-        if !delivered {
-            continue;
-        }
-        match spool.commit(position, records.len() as u64).await {
-            Ok(()) if lane == Lane::Waiting => ctx.waiting.release(&records),
-            Ok(()) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot commit the spool cursor; the batch will be republished")
+        if delivered {
+            round.iter().for_each(|&i| done[i] = true);
+            if lane == Lane::Waiting {
+                ctx.waiting
+                    .release(round.iter().map(|&i| records[i].external_id.as_str()));
             }
         }
-    }
-}
-
-/// The device of each record (`None`: the API refused it, the record is dropped and counted),
-/// the unknown ones asked for together, retried until each is answered; `None` at shutdown.
-async fn resolve_all(
-    ctx: &Context,
-    records: &[Record],
-    stop: &CancellationToken,
-    api_backoff: &mut Backoff,
-) -> Option<Vec<Option<Uuid>>> {
-    let mut devices: Vec<Option<Uuid>> = records.iter().map(|r| r.device_id).collect();
-    // The records still without an answer.
-    let mut open: Vec<usize> = (0..records.len())
-        .filter(|&i| devices[i].is_none())
-        .collect();
-    while !open.is_empty() {
-        let mapped: Vec<Mapped> = open.iter().map(|&i| records[i].mapped()).collect();
-        let answers = ctx.resolver.resolve_many(&mapped, &ctx.metrics).await;
-        let (mut over_budget, mut unavailable) = (false, false);
-        let mut still = Vec::new();
-        for (i, answer) in open.into_iter().zip(answers) {
-            match answer {
-                Ok(id) => devices[i] = Some(id),
-                Err(ResolveError::Rejected { status, body }) => {
-                    let record = &records[i];
-                    ctx.metrics.dropped(DropReason::ApiRejected, 1);
-                    tracing::error!(%status, body, external_id = record.external_id, "the API refused the device; spooled message dropped");
-                }
-                Err(ResolveError::OverBudget) => {
-                    over_budget = true;
-                    still.push(i);
-                }
-                Err(ResolveError::Unavailable(_)) => {
-                    unavailable = true;
-                    still.push(i);
-                }
-            }
+        if done.iter().all(|d| *d) {
+            return true;
         }
-        open = still;
         if unavailable {
             if sleep_or_stop(stop, api_backoff.next_delay()).await {
-                return None;
+                return false;
             }
-        } else {
+        } else if delivered {
             api_backoff.reset();
             // The budget refills continuously: try again soon, without backing off.
             if over_budget && sleep_or_stop(stop, Duration::from_millis(100)).await {
-                return None;
+                return false;
             }
         }
     }
-    Some(devices)
 }
 
 /// Sleeps; `true` when `stop` fired first.

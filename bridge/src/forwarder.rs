@@ -12,7 +12,8 @@
 //! later message not bound for the waiting lane is appended behind it: the external broker keeps
 //! delivering, order per device is kept, and nothing acked is only in memory. The drainer
 //! republishes the spool, oldest first, and returns to direct mode when the spool is empty.
-//! Acks go out in arrival order.
+//! Acks go out in arrival order (after a spill, those of messages already in the waiting lane
+//! follow those of the spilled ones).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -60,15 +60,17 @@ impl Waiting {
         }
     }
 
-    /// These records were republished (or dropped) and committed: a path with nothing left in
-    /// the lane is forwarded directly again.
-    pub fn release(&self, records: &[Record]) {
+    /// The records of these paths (one entry per record) were republished, acknowledged by the
+    /// local broker, or dropped: a path with nothing left to republish from the lane is forwarded
+    /// directly again. (Until the drainer commits them, a restart republishes them once more,
+    /// with their identity: stored once.)
+    pub fn release<'a>(&self, records: impl IntoIterator<Item = &'a str>) {
         let mut paths = self.paths.lock().expect("paths lock");
-        for record in records {
-            if let Some(count) = paths.get_mut(&record.external_id) {
+        for path in records {
+            if let Some(count) = paths.get_mut(path) {
                 *count -= 1;
                 if *count == 0 {
-                    paths.remove(&record.external_id);
+                    paths.remove(path);
                 }
             }
         }
@@ -118,12 +120,12 @@ mod tests {
 
         let (first, position) = waiting.lane.read(2).await.expect("read");
         waiting.lane.commit(position, 2).await.expect("commit");
-        waiting.release(&first);
+        waiting.release(first.iter().map(|r| r.external_id.as_str()));
         assert!(waiting.holds("a"), "one message of a still waits");
         assert!(!waiting.holds("b"));
         let (rest, position) = waiting.lane.read(10).await.expect("read");
         waiting.lane.commit(position, 1).await.expect("commit");
-        waiting.release(&rest);
+        waiting.release(rest.iter().map(|r| r.external_id.as_str()));
         assert!(!waiting.holds("a"));
     }
 }
