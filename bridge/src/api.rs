@@ -5,8 +5,8 @@
 //! so a restart asks for none of them again; least recently used go first past
 //! `GITO_BRIDGE_DEVICE_CACHE_MAX`). Creations are bounded by a budget per minute
 //! (`GITO_BRIDGE_MAX_NEW_DEVICES_PER_MINUTE`, counted from the answer's `created`): a new path over
-//! it waits, spooled, until the budget refills — so a flood of garbage topics cannot flood the
-//! device table, and no message is dropped for it.
+//! it waits in the waiting lane (`waiting`) until the budget refills — so a flood of garbage topics
+//! cannot flood the device table, and no message is dropped for it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
