@@ -1,8 +1,8 @@
-//! The lane of messages waiting for their device: a spool of its own (`GITO_BRIDGE_SPOOL_DIR/waiting`)
-//! for the messages of paths that are not known yet, so that resolving them (a slow API, an
-//! outage, a spent creation budget) never holds up the messages of known devices, which keep
-//! being forwarded directly. Its drainer (`drain`, `Lane::Waiting`) asks for the paths in batches
-//! and republishes in order.
+//! The lane of messages waiting for their device: a spool of its own
+//! (`GITO_BRIDGE_SPOOL_DIR/waiting`) for the messages of paths that are not known yet, so that
+//! resolving them (a slow API, an outage, a spent creation budget) never holds up the messages of
+//! known devices, which keep being forwarded directly. Its drainer (`drain`, `Lane::Waiting`) asks
+//! for the paths in batches and republishes in order.
 //!
 //! Order per device: once a path has a message in the lane, every later message of that path
 //! goes there too, until the drainer has republished them all; the paths and how many messages
