@@ -86,9 +86,8 @@ pub async fn run_with_metrics(
             "resuming with messages left in the spool"
         );
     }
-    let waiting_dir = config.spool_dir.join("waiting");
-    let waiting = Waiting::open(&waiting_dir, config.spool_max_bytes, metrics.clone())
-        .with_context(|| format!("opening the waiting lane in {}", waiting_dir.display()))?;
+    let waiting = Waiting::open(&config.spool_dir, config.spool_max_bytes, metrics.clone())
+        .with_context(|| format!("opening the waiting lane in {}", config.spool_dir.display()))?;
     let known = KnownDevices::open(&config.spool_dir, config.device_cache_max, MAP_TRUSTED_FOR)
         .with_context(|| {
             format!(

@@ -1,5 +1,5 @@
-//! The lane of messages waiting for their device: a spool of its own
-//! (`GITO_BRIDGE_SPOOL_DIR/waiting`) for the messages of paths that are not known yet, so that
+//! The lane of messages waiting for their device: a spool of its own (its files named
+//! `waiting-*` beside the spool's, on the same disk) for the messages of paths that are not known yet, so that
 //! resolving them (a slow API, an outage, a spent creation budget) never holds up the messages of
 //! known devices, which keep being forwarded directly. Its drainer (`drain`, `Lane::Waiting`) asks
 //! for the paths in batches and republishes in order.
@@ -24,9 +24,9 @@ pub struct Waiting {
 }
 
 impl Waiting {
-    /// Opens the lane in `dir` and counts the paths waiting in it.
+    /// Opens the lane in the spool's directory `dir` and counts the paths waiting in it.
     pub fn open(dir: &Path, max_bytes: u64, metrics: Arc<Metrics>) -> io::Result<Waiting> {
-        let lane = Spool::open(dir, max_bytes)?;
+        let lane = Spool::open_named(dir, "waiting-", max_bytes)?;
         let (records, _) = lane.read(usize::try_from(lane.len()).unwrap_or(usize::MAX))?;
         let waiting = Waiting {
             lane: SpoolHandle::new(lane, "waiting", metrics),
@@ -117,6 +117,8 @@ mod tests {
         // As after a crash: only what is on disk.
         let waiting = Waiting::open(dir.path(), 1 << 20, metrics).expect("reopen");
         assert!(waiting.holds("a") && waiting.holds("b") && !waiting.holds("c"));
+        let spool = Spool::open(dir.path(), 1 << 20).expect("the spool beside it");
+        assert!(spool.is_empty(), "the spool takes none of the lane's files");
 
         let (first, position) = waiting.lane.read(2).await.expect("read");
         waiting.lane.commit(position, 2).await.expect("commit");

@@ -3,7 +3,8 @@
 //! acknowledges the external broker, so an acknowledged message survives a crash.
 //!
 //! Layout: `NNNNNNNNNNNNNNNNNNNN.seg` files of records `[len u32][crc32 u32][JSON]`, and a
-//! `cursor` file naming the first record not yet republished (`CursorFile`). A torn record at
+//! `cursor` file naming the first record not yet republished (`CursorFile`); a named spool's files
+//! carry its name in front (`waiting-cursor`). A torn record at
 //! the end (a crash mid-write) is cut off on open. Past `max_bytes` whole segments are dropped,
 //! oldest first, and counted.
 
@@ -24,6 +25,8 @@ pub struct Position {
 
 pub struct Spool {
     dir: PathBuf,
+    /// The prefix of its files' names, so that two spools can share a directory (and a disk).
+    name: String,
     max_bytes: u64,
     segment_bytes: u64,
     /// Oldest first; the last one is written to.
@@ -42,12 +45,19 @@ pub struct Spool {
 
 impl Spool {
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
+        Spool::open_named(dir, "", max_bytes)
+    }
+
+    /// A spool whose files' names start with `name` (`{name}NNN.seg`, `{name}cursor`); the
+    /// unnamed spool takes no file of a named one for its own.
+    pub fn open_named(dir: &Path, name: &str, max_bytes: u64) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
         let mut segments: Vec<u64> = fs::read_dir(dir)?
             .filter_map(|e| {
                 e.ok()?
                     .file_name()
                     .to_str()?
+                    .strip_prefix(name)?
                     .strip_suffix(".seg")?
                     .parse()
                     .ok()
@@ -57,28 +67,29 @@ impl Spool {
         if segments.is_empty() {
             segments.push(0);
         }
-        let (cursor_file, cursor) = CursorFile::open(dir)?;
+        let (cursor_file, cursor) = CursorFile::open(dir, name)?;
         let cursor = cursor.unwrap_or(Position {
             segment: segments[0],
             offset: 0,
         });
         // Segments before the cursor were fully republished (a crash between commit and delete).
         for old in segments.iter().filter(|s| **s < cursor.segment) {
-            fs::remove_file(segment_path(dir, *old))?;
+            fs::remove_file(segment_path(dir, name, *old))?;
         }
         segments.retain(|s| *s >= cursor.segment);
         if segments.is_empty() {
             segments.push(cursor.segment);
         }
         let last = *segments.last().expect("at least one segment");
-        let write_len = valid_length(&segment_path(dir, last))?;
+        let write_len = valid_length(&segment_path(dir, name, last))?;
         let write = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(segment_path(dir, last))?;
+            .open(segment_path(dir, name, last))?;
         write.set_len(write_len)?;
         let mut spool = Spool {
             dir: dir.to_owned(),
+            name: name.to_owned(),
             max_bytes,
             segment_bytes: (max_bytes / 4).clamp(4096, 16 << 20),
             segments,
@@ -164,7 +175,8 @@ impl Spool {
             if segment > position.segment {
                 position = Position { segment, offset: 0 };
             }
-            let mut reader = BufReader::new(File::open(segment_path(&self.dir, segment))?);
+            let mut reader =
+                BufReader::new(File::open(segment_path(&self.dir, &self.name, segment))?);
             reader.seek(SeekFrom::Start(position.offset))?;
             while records.len() < max {
                 match read_record(&mut reader)? {
@@ -210,7 +222,7 @@ impl Spool {
         while self.segments.len() > 1 && self.segments[0] < self.cursor.segment {
             let old = self.segments.remove(0);
             self.total_bytes -= self.segment_len(old);
-            fs::remove_file(segment_path(&self.dir, old))?;
+            fs::remove_file(segment_path(&self.dir, &self.name, old))?;
         }
         Ok(())
     }
@@ -220,7 +232,7 @@ impl Spool {
         self.write = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(segment_path(&self.dir, next))?;
+            .open(segment_path(&self.dir, &self.name, next))?;
         self.segments.push(next);
         self.write_len = 0;
         File::open(&self.dir)?.sync_all()
@@ -233,7 +245,7 @@ impl Spool {
         } else {
             0
         };
-        let mut reader = BufReader::new(File::open(segment_path(&self.dir, oldest))?);
+        let mut reader = BufReader::new(File::open(segment_path(&self.dir, &self.name, oldest))?);
         reader.seek(SeekFrom::Start(from))?;
         let mut dropped = 0;
         while read_record(&mut reader)?.is_some() {
@@ -245,13 +257,13 @@ impl Spool {
             offset: 0,
         };
         self.cursor_file.write(self.cursor)?;
-        fs::remove_file(segment_path(&self.dir, oldest))?;
+        fs::remove_file(segment_path(&self.dir, &self.name, oldest))?;
         self.records = self.records.saturating_sub(dropped);
         Ok(dropped)
     }
 
     fn segment_len(&self, segment: u64) -> u64 {
-        fs::metadata(segment_path(&self.dir, segment))
+        fs::metadata(segment_path(&self.dir, &self.name, segment))
             .map(|m| m.len())
             .unwrap_or(0)
     }
@@ -259,7 +271,8 @@ impl Spool {
     fn count_from(&self, from: Position) -> io::Result<u64> {
         let mut count = 0;
         for segment in self.segments.iter().copied() {
-            let mut reader = BufReader::new(File::open(segment_path(&self.dir, segment))?);
+            let mut reader =
+                BufReader::new(File::open(segment_path(&self.dir, &self.name, segment))?);
             if segment == from.segment {
                 reader.seek(SeekFrom::Start(from.offset))?;
             }
@@ -271,8 +284,8 @@ impl Spool {
     }
 }
 
-fn segment_path(dir: &Path, segment: u64) -> PathBuf {
-    dir.join(format!("{segment:020}.seg"))
+fn segment_path(dir: &Path, name: &str, segment: u64) -> PathBuf {
+    dir.join(format!("{name}{segment:020}.seg"))
 }
 
 /// Reads one record; `None` at the end or at a torn/corrupt tail.
@@ -327,8 +340,8 @@ struct CursorFile {
 const SLOT: usize = 32;
 
 impl CursorFile {
-    fn open(dir: &Path) -> io::Result<(CursorFile, Option<Position>)> {
-        let path = dir.join("cursor");
+    fn open(dir: &Path, name: &str) -> io::Result<(CursorFile, Option<Position>)> {
+        let path = dir.join(format!("{name}cursor"));
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -468,7 +481,7 @@ mod tests {
         let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
         spool.append(&[record(0), record(1)]).expect("append");
         drop(spool);
-        let segment = segment_path(dir.path(), 0);
+        let segment = segment_path(dir.path(), "", 0);
         let mut file = OpenOptions::new()
             .append(true)
             .open(&segment)
@@ -495,7 +508,7 @@ mod tests {
         assert_eq!(failed.map_err(|e| e.raw_os_error()), Err(Some(5)));
         assert_eq!(spool.len(), 1, "nothing of the failed batch is counted");
         assert_eq!(
-            fs::metadata(segment_path(dir.path(), 0))
+            fs::metadata(segment_path(dir.path(), "", 0))
                 .expect("segment")
                 .len(),
             good,
