@@ -45,6 +45,7 @@ pub fn serve_config(db_url: &str, addr: SocketAddr) -> ServeConfig {
             batch_max_bytes: 8 * 1024 * 1024,
             flush_ms: 5,
         },
+        storage: Default::default(),
     }
 }
 
