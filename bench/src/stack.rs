@@ -208,14 +208,25 @@ impl Fleet {
         stored_rows(&reqwest::Client::new(), &self.metrics_url()).await
     }
 
+    /// Waits until `n` rows are stored; gives up at `deadline`, or once the count stood still
+    /// for a minute (messages were lost or taken for duplicates: waiting longer shows nothing).
     pub async fn wait_stored(&self, n: u64, deadline: Duration) -> anyhow::Result<()> {
+        const STALL: Duration = Duration::from_secs(60);
         let until = Instant::now() + deadline;
+        let (mut last, mut moved) = (0, Instant::now());
         loop {
             let stored = self.stored().await?;
             if stored >= n {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < until, "only {stored} of {n} rows stored");
+            if stored != last {
+                (last, moved) = (stored, Instant::now());
+            }
+            anyhow::ensure!(
+                Instant::now() < until && moved.elapsed() < STALL,
+                "only {stored} of {n} rows stored (no progress for {:.0} s)",
+                moved.elapsed().as_secs_f64()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
