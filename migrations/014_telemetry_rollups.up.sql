@@ -18,13 +18,13 @@ CREATE TABLE telemetry_rollup_1m (
     last      DOUBLE PRECISION NOT NULL,
     last_ts   TIMESTAMPTZ      NOT NULL,
     PRIMARY KEY (device_id, metric, bucket)
-);
+) WITH (fillfactor = 70); -- a bucket is updated by every batch that adds to it: room for HOT updates
 
-CREATE TABLE telemetry_rollup_1h (LIKE telemetry_rollup_1m INCLUDING ALL);
+CREATE TABLE telemetry_rollup_1h (LIKE telemetry_rollup_1m INCLUDING ALL) WITH (fillfactor = 70);
 ALTER TABLE telemetry_rollup_1h
     ADD FOREIGN KEY (device_id) REFERENCES devices (id) ON DELETE CASCADE;
 
-CREATE TABLE telemetry_rollup_1d (LIKE telemetry_rollup_1m INCLUDING ALL);
+CREATE TABLE telemetry_rollup_1d (LIKE telemetry_rollup_1m INCLUDING ALL) WITH (fillfactor = 70);
 ALTER TABLE telemetry_rollup_1d
     ADD FOREIGN KEY (device_id) REFERENCES devices (id) ON DELETE CASCADE;
 

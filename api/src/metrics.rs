@@ -85,6 +85,10 @@ pub fn describe() {
         "Events sent to WebSocket clients"
     );
     describe_counter!(
+        "gito_live_events_dropped_total",
+        "Live events (alerts, connectivity) not announced: the broker connection's queue was full"
+    );
+    describe_counter!(
         "gito_live_clients_dropped_total",
         "WebSocket clients disconnected by the server, by reason: lagged, stalled, revoked"
     );

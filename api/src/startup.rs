@@ -181,6 +181,7 @@ impl Server {
                 admin: config.admin_token.clone(),
                 tokens: tokens.clone(),
                 health: health.clone(),
+                retention_days: config.storage.retention_days,
             },
             limits,
         );

@@ -20,8 +20,14 @@ pub struct BridgeResult {
     pub gito_peak_rss_mib: f64,
 }
 
+/// The device path of device number `device`: the bridge's default mapping makes it the
+/// device's `external_id` (the topic without its last level).
+pub fn external_id(device: u64) -> String {
+    format!("SDE11/JAX/UTILITIES/BOILER/D{device:05}")
+}
+
 pub fn topic(device: u64) -> String {
-    format!("SDE11/JAX/UTILITIES/BOILER/D{device:05}/CHIMNEY_TEMP")
+    format!("{}/CHIMNEY_TEMP", external_id(device))
 }
 
 fn messages(n: u64, devices: u64) -> Vec<(String, Vec<u8>)> {
@@ -32,6 +38,15 @@ fn messages(n: u64, devices: u64) -> Vec<(String, Vec<u8>)> {
 
 pub async fn run(n: u64, devices: u64) -> anyhow::Result<BridgeResult> {
     let mosquitto_per_sec = mosquitto_bridge(n, devices).await?;
+    gito_side(n, devices, mosquitto_per_sec).await
+}
+
+/// gito-bridge's side, beside a Mosquitto figure measured before.
+pub async fn gito_side(
+    n: u64,
+    devices: u64,
+    mosquitto_per_sec: f64,
+) -> anyhow::Result<BridgeResult> {
     let (gito_per_sec, gito_lost, stats) = gito_bridge(n, devices).await?;
     Ok(BridgeResult {
         messages: n,
@@ -66,7 +81,8 @@ async fn timed(
 /// of 20 is also what it offers MQTT 5 clients as their receive maximum).
 const LOCAL_AS_SHIPPED: &str = "max_inflight_messages 2000\n";
 
-async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<f64> {
+/// Messages/s through Mosquitto's own bridge alone: the reference of every pipeline figure.
+pub async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<f64> {
     let external = Broker::start().await;
     let bridge = format!(
         "connection reference\naddress 127.0.0.1:{}\ntopic # in 1\ncleansession false\nremote_clientid mosquitto-bridge\n",

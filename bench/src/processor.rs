@@ -155,6 +155,10 @@ impl ProcessorResult {
             .against(
                 format!("COPY {:.0} rows/s", self.copy_rows_per_sec),
                 self.processor_rows_per_sec / self.copy_rows_per_sec,
+            )
+            .target(
+                "≥ 0.8× COPY",
+                self.processor_rows_per_sec / self.copy_rows_per_sec >= 0.8,
             ),
             Row::new(
                 "processor CPU per 1000 msgs",

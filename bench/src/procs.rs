@@ -1,6 +1,8 @@
 //! The processes a benchmark runs (the release binaries, as deployed) and what they cost:
-//! CPU seconds and peak resident memory, read from /proc.
+//! CPU seconds and peak resident memory, read from /proc, for one process or for every process
+//! of a stack (`Meter`).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -56,6 +58,10 @@ impl Process {
         self.child.id().map(Stats::of).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = Command::new("kill")
@@ -108,4 +114,144 @@ impl Stats {
             peak_rss_mib,
         }
     }
+}
+
+/// Where the processes of one part of a stack are found.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// One process we started.
+    Pid(u32),
+    /// The process listening on this TCP port of 127.0.0.1 (a Mosquitto testkit started).
+    Listener(u16),
+    /// PostgreSQL: every backend connected to this database, and the server's own background
+    /// processes (checkpointer, WAL writer, ...; shared with whatever else uses the server).
+    Postgres { database: String },
+}
+
+impl Source {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Source::Pid(pid) => vec![*pid],
+            Source::Listener(port) => listener_pid(*port).into_iter().collect(),
+            Source::Postgres { database } => postgres_pids(database),
+        }
+    }
+}
+
+/// CPU and memory of the named parts of a stack between two snapshots: CPU is summed over a
+/// part's processes (a process that exits between the snapshots takes its CPU with it), peak RSS
+/// is the largest process's.
+pub struct Meter {
+    parts: Vec<(&'static str, Source)>,
+}
+
+/// Per part, per process: the counters at one moment.
+pub struct Snapshot(Vec<(&'static str, HashMap<u32, Stats>)>);
+
+/// One part's cost over an interval.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    pub part: &'static str,
+    pub cpu_secs: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl Meter {
+    pub fn new(parts: Vec<(&'static str, Source)>) -> Meter {
+        Meter { parts }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(
+            self.parts
+                .iter()
+                .map(|(name, source)| {
+                    let stats = source
+                        .pids()
+                        .into_iter()
+                        .map(|p| (p, Stats::of(p)))
+                        .collect();
+                    (*name, stats)
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Snapshot {
+    /// What each part cost since `before` (matched by part name: a restarted process counts
+    /// from its start).
+    pub fn since(&self, before: &Snapshot) -> Vec<Usage> {
+        self.0
+            .iter()
+            .map(|(part, now)| {
+                let then = before.0.iter().find(|(p, _)| p == part).map(|(_, s)| s);
+                let cpu_secs = now
+                    .iter()
+                    .map(|(pid, s)| {
+                        let earlier = then.and_then(|t| t.get(pid)).map_or(0.0, |e| e.cpu_secs);
+                        s.cpu_secs - earlier
+                    })
+                    .sum();
+                let peak_rss_mib = now.values().map(|s| s.peak_rss_mib).fold(0.0, f64::max);
+                Usage {
+                    part,
+                    cpu_secs,
+                    peak_rss_mib,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The pid whose open sockets include the one listening on `port` (from /proc/net/tcp).
+fn listener_pid(port: u16) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields.get(1)?.rsplit_once(':')?.1;
+        let listening = fields.get(3) == Some(&"0A");
+        (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+            .then(|| fields.get(9).map(|i| format!("socket:[{i}]")))
+            .flatten()
+    })?;
+    all_pids().into_iter().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.filter_map(Result::ok).any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == inode.as_str())
+            })
+        })
+    })
+}
+
+/// PostgreSQL processes by their titles: `postgres: [cluster:] user database host(port) state`
+/// for backends, `postgres: [cluster:] checkpointer` and the like for the server's own.
+fn postgres_pids(database: &str) -> Vec<u32> {
+    const SERVER: [&str; 4] = [
+        "checkpointer",
+        "background writer",
+        "walwriter",
+        "autovacuum launcher",
+    ];
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            let Ok(title) = std::fs::read_to_string(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let title = title.trim_end_matches('\0').trim_end();
+            title.starts_with("postgres: ")
+                && (title.split_whitespace().any(|w| w == database)
+                    || SERVER.iter().any(|s| title.ends_with(s)))
+        })
+        .collect()
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -1,13 +1,19 @@
 //! Bringing up gito's own processes for a benchmark: gito-api on a fresh database, a tenant,
-//! gito-bridge between two brokers.
+//! gito-bridge between two brokers; and all of it at once as a `Fleet`, the pipeline as deployed.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use gito_testkit::free_port;
+use gito_testkit::{Broker, Scrape, TestDb, free_port, publish_all};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use crate::procs::Process;
+use crate::bridge::{external_id, topic};
+use crate::procs::{Meter, Process, Source};
 
 pub struct Api {
     pub process: Process,
@@ -102,4 +108,200 @@ pub async fn start_bridge(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The whole pipeline as deployed: external Mosquitto → gito-bridge → local Mosquitto →
+/// gito-api's processor → PostgreSQL, on a fresh database with one tenant.
+pub struct Fleet {
+    pub external: Broker,
+    pub local: Broker,
+    pub db: TestDb,
+    pub api: Api,
+    pub tenant: Tenant,
+    bridge: Option<Process>,
+    spool: PathBuf,
+    /// The next event time (ms since the epoch) a published message carries, so that every
+    /// message of a run is its own row; starts a day back, well behind the warm-up's "now".
+    pub next_ts: Arc<AtomicU64>,
+}
+
+impl Fleet {
+    pub async fn start() -> anyhow::Result<Fleet> {
+        let external = Broker::start().await;
+        let local =
+            Broker::start_with("max_inflight_messages 2000\nmax_queued_messages 1000000\n").await;
+        let db = TestDb::migrated().await;
+        let api = start_api(
+            &db.url,
+            &[("GITO_MQTT_URL", local.url()), ("GITO_LIVE", "off".into())],
+        )
+        .await?;
+        let tenant = create_tenant(&api.url).await?;
+        let spool = std::env::temp_dir().join(format!(
+            "gito-bench-spool-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let bridge = start_bridge(external.port, local.port, &api.url, &tenant, &spool).await?;
+        let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        Ok(Fleet {
+            external,
+            local,
+            db,
+            api,
+            tenant,
+            bridge: Some(bridge),
+            spool,
+            next_ts: Arc::new(AtomicU64::new(
+                (day_ago.unix_timestamp_nanos() / 1_000_000) as u64,
+            )),
+        })
+    }
+
+    /// Creates devices `0..n` (as the bridge would name them) through the batch endpoint, a few
+    /// batches at a time, so that a large fleet is set up in seconds.
+    pub async fn create_devices(&self, n: u64) -> anyhow::Result<()> {
+        const BATCH: u64 = 1000;
+        const CONCURRENT: usize = 4;
+        let http = gito_testkit::client_with_token(&self.tenant.token);
+        let url = format!("{}/tenants/{}/devices/batch", self.api.url, self.tenant.id);
+        let mut starts = (0..n).step_by(BATCH as usize);
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < CONCURRENT
+                && let Some(first) = starts.next()
+            {
+                let devices: Vec<Value> = (first..(first + BATCH).min(n))
+                    .map(|d| json!({ "external_id": external_id(d), "device_type": "SDE11" }))
+                    .collect();
+                let request = http.post(&url).json(&json!({ "devices": devices }));
+                running.spawn(async move {
+                    let response = request.send().await?;
+                    let status = response.status();
+                    anyhow::ensure!(
+                        status.is_success(),
+                        "devices/batch: {status} {}",
+                        response.text().await.unwrap_or_default()
+                    );
+                    Ok(())
+                });
+            }
+            match running.join_next().await {
+                Some(done) => done??,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Every device `0..n` publishes once (creating the ones the API does not know yet) and the
+    /// rows are awaited: afterwards every cache on the way knows every device.
+    pub async fn warm_up(&self, n: u64) -> anyhow::Result<()> {
+        let before = self.stored().await?;
+        let warm: Vec<(String, Vec<u8>)> = (0..n).map(|d| (topic(d), b"1".to_vec())).collect();
+        publish_all(&self.external.url(), warm).await;
+        self.wait_stored(before + n, Duration::from_secs(3600))
+            .await
+    }
+
+    /// Rows the processor committed so far (`gito_processor_rows_stored_total`: counted after the
+    /// commit, and cheap to read where `count(*)` would scan a table of millions of rows).
+    pub async fn stored(&self) -> anyhow::Result<u64> {
+        stored_rows(&reqwest::Client::new(), &self.metrics_url()).await
+    }
+
+    /// Waits until `n` rows are stored; gives up at `deadline`, or once the count stood still
+    /// for a minute (messages were lost or taken for duplicates: waiting longer shows nothing).
+    pub async fn wait_stored(&self, n: u64, deadline: Duration) -> anyhow::Result<()> {
+        const STALL: Duration = Duration::from_secs(60);
+        let until = Instant::now() + deadline;
+        let (mut last, mut moved) = (0, Instant::now());
+        loop {
+            let stored = self.stored().await?;
+            if stored >= n {
+                return Ok(());
+            }
+            if stored != last {
+                (last, moved) = (stored, Instant::now());
+            }
+            anyhow::ensure!(
+                Instant::now() < until && moved.elapsed() < STALL,
+                "only {stored} of {n} rows stored (no progress for {:.0} s)",
+                moved.elapsed().as_secs_f64()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The rows in the table: the ground truth, for counting losses once a run is over.
+    pub async fn rows(&self) -> anyhow::Result<u64> {
+        let mut conn = PgConnection::connect(&self.db.url).await?;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry")
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(rows as u64)
+    }
+
+    /// The metrics URL the stored-rows counter is read from.
+    pub fn metrics_url(&self) -> String {
+        format!("{}/metrics", self.api.url)
+    }
+
+    /// SIGTERM to gito-bridge, wait for it to exit, start it again on the same spool directory;
+    /// returns once the new one is subscribed.
+    pub async fn restart_bridge(&mut self) -> anyhow::Result<()> {
+        if let Some(bridge) = self.bridge.take() {
+            bridge.stop().await;
+        }
+        self.bridge = Some(
+            start_bridge(
+                self.external.port,
+                self.local.port,
+                &self.api.url,
+                &self.tenant,
+                &self.spool,
+            )
+            .await?,
+        );
+        Ok(())
+    }
+
+    /// Every process of the pipeline, for CPU and memory.
+    pub fn meter(&self) -> Meter {
+        let pid = |p: Option<&Process>| Source::Pid(p.and_then(Process::pid).unwrap_or(0));
+        Meter::new(vec![
+            ("gito-bridge", pid(self.bridge.as_ref())),
+            ("gito-api", pid(Some(&self.api.process))),
+            ("mosquitto (external)", Source::Listener(self.external.port)),
+            ("mosquitto (local)", Source::Listener(self.local.port)),
+            (
+                "postgres",
+                Source::Postgres {
+                    database: self.db.name.clone(),
+                },
+            ),
+        ])
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(bridge) = self.bridge.take() {
+            bridge.stop().await;
+        }
+        self.api.process.stop().await;
+        let _ = std::fs::remove_dir_all(&self.spool);
+    }
+}
+
+/// `gito_processor_rows_stored_total` from gito-api's `/metrics`.
+pub async fn stored_rows(http: &reqwest::Client, metrics_url: &str) -> anyhow::Result<u64> {
+    let response = http
+        .get(metrics_url)
+        .bearer_auth(gito_testkit::ADMIN_TOKEN)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{metrics_url}: {}",
+        response.status()
+    );
+    let text = response.text().await?;
+    Ok(Scrape::parse(&text).value("gito_processor_rows_stored_total", &[]) as u64)
 }

@@ -181,7 +181,8 @@ async fn replay(
         }
     };
     tenants::ensure_exists(&state.pool, tenant_id).await?;
-    let done = processor::replay(&state.pool, tenant_id, reason, limit).await?;
+    let done =
+        processor::replay(&state.pool, tenant_id, reason, limit, state.retention_days).await?;
     Ok(Json(Replayed {
         replayed: done.replayed,
         stored: done.stored,

@@ -67,6 +67,8 @@ pub struct AppState {
     pub tokens: Arc<TokenCache>,
     /// The components' states, for `/status`.
     pub health: Health,
+    /// `GITO_TELEMETRY_RETENTION_DAYS`: a replayed dead letter is held to it as the processor is.
+    pub retention_days: Option<u32>,
 }
 
 /// Limits applied to every request.

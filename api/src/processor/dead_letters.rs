@@ -199,6 +199,7 @@ pub async fn replay(
     tenant_id: Uuid,
     reason: Option<Reason>,
     limit: i64,
+    retention_days: Option<u32>,
 ) -> Result<Replayed, sqlx::Error> {
     let mut done = Replayed::default();
     let mut after: Option<Uuid> = None;
@@ -240,8 +241,7 @@ pub async fn replay(
                         };
                         // A savepoint: a failing message leaves the others' work in place.
                         let mut savepoint = tx.begin().await?;
-                        // The tenant's own retention applies; the processor's default is not known here.
-                        match store::store(&mut savepoint, &[checked], None).await {
+                        match store::store(&mut savepoint, &[checked], retention_days).await {
                             Ok(_) => {
                                 savepoint.commit().await?;
                                 None

@@ -19,6 +19,7 @@ pub mod store;
 mod watch;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -169,14 +170,23 @@ pub async fn run(
 
 /// Announces a live event (an alert or connectivity change) on its tenant's events topic
 /// (`{tenant_id}/alerts`), for every API replica's WebSocket clients. Best effort: live views
-/// want the present, and the change itself is committed.
+/// want the present, and the change itself is committed. A burst larger than the connection's
+/// queue (100,000 devices coming online at once) drops events: counted
+/// (`gito_live_events_dropped_total`), logged once per burst, not once per event.
 pub fn publish(client: &AsyncClient, event: &LiveEvent) {
+    static DROPPING: AtomicBool = AtomicBool::new(false);
     let topic = AlertsTopic {
         tenant_id: event.tenant_id(),
     };
     let payload = event.to_json().into_bytes();
-    if let Err(e) = client.try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload) {
-        tracing::warn!(error = %e, "could not publish a live event");
+    match client.try_publish(topic.to_string(), QoS::AtLeastOnce, false, payload) {
+        Ok(()) => DROPPING.store(false, Ordering::Relaxed),
+        Err(e) => {
+            metrics::counter!("gito_live_events_dropped_total").increment(1);
+            if !DROPPING.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "live events dropped until the broker connection's queue drains (gito_live_events_dropped_total)");
+            }
+        }
     }
 }
 
