@@ -119,7 +119,7 @@ impl Alembic {
                 dir.join("versions").join(format!("{stem}.py")),
                 format!(
                     "from alembic import op\nrevision = '{revision}'\ndown_revision = {previous}\nbranch_labels = None\ndepends_on = None\n\n\
-                     def upgrade():\n    op.get_bind().exec_driver_sql(open({path:?}).read())\n\n\
+                     def upgrade():\n    op.get_bind().connection.cursor().execute(open({path:?}).read())\n\n\
                      def downgrade():\n    pass\n",
                     path = file.canonicalize()?.display().to_string()
                 ),

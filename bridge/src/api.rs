@@ -87,7 +87,7 @@ impl Budget {
             tracing::warn!(
                 per_minute = self.per_minute,
                 waits = self.waits,
-                "new devices over GITO_BRIDGE_MAX_NEW_DEVICES_PER_MINUTE: their messages wait in the spool"
+                "new devices over GITO_BRIDGE_MAX_NEW_DEVICES_PER_MINUTE: their messages wait in the waiting lane"
             );
             self.logged = Some(now);
             self.waits = 0;

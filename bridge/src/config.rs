@@ -126,7 +126,7 @@ pub struct BridgeConfig {
     )]
     pub device_cache_max: usize,
     /// Devices the bridge may create per minute (0: no bound); messages of new paths over it wait
-    /// in the spool until the budget refills.
+    /// in the waiting lane until the budget refills.
     #[arg(
         long,
         env = "GITO_BRIDGE_MAX_NEW_DEVICES_PER_MINUTE",

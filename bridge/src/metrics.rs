@@ -291,11 +291,17 @@ impl Metrics {
             "gito_bridge_reconnects_total",
             "Connections to a broker after the first, by broker (external, local)"
         );
-        metrics::describe_gauge!("gito_bridge_spool_bytes", "Bytes on disk in the spool");
-        metrics::describe_gauge!("gito_bridge_spool_records", "Messages waiting in the spool");
+        metrics::describe_gauge!(
+            "gito_bridge_spool_bytes",
+            "Bytes on disk, by lane (spool: behind a local broker outage; waiting: new paths)"
+        );
+        metrics::describe_gauge!(
+            "gito_bridge_spool_records",
+            "Messages waiting on disk, by lane (spool, waiting)"
+        );
         metrics::describe_gauge!(
             "gito_bridge_spool_oldest_age_seconds",
-            "Age of the oldest spooled message by its envelope ts (0 when empty)"
+            "Age of the oldest message on disk by its envelope ts, by lane (0 when empty)"
         );
         metrics::describe_histogram!(
             "gito_bridge_api_request_duration_seconds",
