@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every benchmark at full size and writes bench/RESULTS.md (see bench/README.md).
 # Installs what it needs (PostgreSQL, Mosquitto, wrk; Alembic into a venv under target/).
-# Takes about 45 minutes on 2 cores with today's bridge (three warm-ups of 100,000 devices; see
-# bench/README.md), over an hour more with --million (the pipeline at 1,000,000 devices);
+# Takes about 50 minutes on 2 cores, most of it loading 100 million rows for the storage bench
+# (see bench/README.md), more with --million (the pipeline at 1,000,000 devices);
 # run it on an otherwise idle machine. Arguments go to `gito-bench all` (--million).
 set -euo pipefail
 cd "$(dirname "$0")/.."
