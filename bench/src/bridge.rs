@@ -116,7 +116,8 @@ async fn gito_bridge(n: u64, devices: u64) -> anyhow::Result<(f64, u64, Stats)> 
     let api = stack::start_api(&db.url, &[]).await?;
     let tenant = stack::create_tenant(&api.url).await?;
     let spool = tempfile_dir()?;
-    let bridge = stack::start_bridge(external.port, local.port, &api.url, &tenant, &spool).await?;
+    let bridge =
+        stack::start_bridge(external.port, local.port, &api.url, &tenant, &spool, &[]).await?;
     let counter =
         Counter::subscribe(local.port, &format!("{}/devices/+/telemetry", tenant.id)).await?;
     // Warm-up: every device is created once, outside the timed run.

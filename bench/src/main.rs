@@ -159,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
             let mosquitto = bridge::mosquitto_bridge(FULL.bridge.0, FULL.bridge.1).await?;
             scale::run(&devices, seconds, mosquitto).await?.rows()
         }
-        Bench::Discover { devices } => discover::run(devices).await?.rows(),
+        Bench::Discover { devices } => discover::rows(&discover::run(devices).await?),
         Bench::Restart { devices, steady } => restart::run(devices, steady).await?.rows(),
         Bench::Boot { runs } => boot::run(runs).await?.rows(),
         Bench::Api { devices, seconds } => api::run(devices, seconds).await?.rows(),
@@ -236,7 +236,7 @@ async fn all(smoke: bool, million: bool, out: &std::path::Path) -> anyhow::Resul
     sections.push(("Scale: the pipeline at each fleet size", scale.rows()));
     done("scale");
     let discover = discover::run(sizes.discover).await?;
-    sections.push(("Discovery of never-seen devices", discover.rows()));
+    sections.push(("Discovery of never-seen devices", discover::rows(&discover)));
     done("discover");
     let restart = restart::run(sizes.restart.0, sizes.restart.1).await?;
     sections.push(("Bridge restart with known devices", restart.rows()));

@@ -73,26 +73,26 @@ pub async fn start_bridge(
     api_url: &str,
     tenant: &Tenant,
     spool: &std::path::Path,
+    extra_env: &[(&'static str, String)],
 ) -> anyhow::Result<Process> {
     let metrics = format!("127.0.0.1:{}", free_port());
-    let process = Process::spawn(
-        "gito-bridge",
-        &[
-            (
-                "GITO_EXTERNAL_MQTT_URL",
-                format!("mqtt://127.0.0.1:{external_port}"),
-            ),
-            (
-                "GITO_LOCAL_MQTT_URL",
-                format!("mqtt://127.0.0.1:{local_port}"),
-            ),
-            ("GITO_API_URL", api_url.to_owned()),
-            ("GITO_TENANT_ID", tenant.id.to_string()),
-            ("GITO_API_TOKEN", tenant.token.clone()),
-            ("GITO_BRIDGE_SPOOL_DIR", spool.display().to_string()),
-            ("GITO_BRIDGE_METRICS_ADDR", metrics.clone()),
-        ],
-    )?;
+    let mut env = vec![
+        (
+            "GITO_EXTERNAL_MQTT_URL",
+            format!("mqtt://127.0.0.1:{external_port}"),
+        ),
+        (
+            "GITO_LOCAL_MQTT_URL",
+            format!("mqtt://127.0.0.1:{local_port}"),
+        ),
+        ("GITO_API_URL", api_url.to_owned()),
+        ("GITO_TENANT_ID", tenant.id.to_string()),
+        ("GITO_API_TOKEN", tenant.token.clone()),
+        ("GITO_BRIDGE_SPOOL_DIR", spool.display().to_string()),
+        ("GITO_BRIDGE_METRICS_ADDR", metrics.clone()),
+    ];
+    env.extend_from_slice(extra_env);
+    let process = Process::spawn("gito-bridge", &env)?;
     let started = Instant::now();
     loop {
         let text = match reqwest::get(format!("http://{metrics}/metrics")).await {
@@ -119,6 +119,8 @@ pub struct Fleet {
     pub api: Api,
     pub tenant: Tenant,
     bridge: Option<Process>,
+    /// What gito-bridge gets beside the fleet's own settings, at start and at every restart.
+    bridge_env: Vec<(&'static str, String)>,
     spool: PathBuf,
     /// The next event time (ms since the epoch) a published message carries, so that every
     /// message of a run is its own row; starts a day back, well behind the warm-up's "now".
@@ -127,6 +129,13 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn start() -> anyhow::Result<Fleet> {
+        Fleet::start_with_bridge_env(Vec::new()).await
+    }
+
+    /// As `start`, with these variables for gito-bridge on top (e.g. its creation budget).
+    pub async fn start_with_bridge_env(
+        bridge_env: Vec<(&'static str, String)>,
+    ) -> anyhow::Result<Fleet> {
         let external = Broker::start().await;
         let local =
             Broker::start_with("max_inflight_messages 2000\nmax_queued_messages 1000000\n").await;
@@ -141,7 +150,15 @@ impl Fleet {
             "gito-bench-spool-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        let bridge = start_bridge(external.port, local.port, &api.url, &tenant, &spool).await?;
+        let bridge = start_bridge(
+            external.port,
+            local.port,
+            &api.url,
+            &tenant,
+            &spool,
+            &bridge_env,
+        )
+        .await?;
         let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         Ok(Fleet {
             external,
@@ -150,6 +167,7 @@ impl Fleet {
             api,
             tenant,
             bridge: Some(bridge),
+            bridge_env,
             spool,
             next_ts: Arc::new(AtomicU64::new(
                 (day_ago.unix_timestamp_nanos() / 1_000_000) as u64,
@@ -258,6 +276,7 @@ impl Fleet {
                 &self.api.url,
                 &self.tenant,
                 &self.spool,
+                &self.bridge_env,
             )
             .await?,
         );
