@@ -94,6 +94,10 @@ async fn a_poison_backlog_stores_every_good_reading_and_dead_letters_the_rest() 
         .iter()
         .flatten()
         .filter(|d| d.source_topic.as_deref() == Some("POISONDOOMED/D000/v"))
+        // Reading 0 was stored before the deletion; if the processor's ack of it had not
+        // reached the broker when it stopped, it comes back (at least once) and is dead-lettered
+        // then, rightly: its device is gone. The readings counted are those sent after it.
+        .filter(|d| d.value != Some(0.0))
         .count();
     let mut reasons = std::collections::BTreeMap::<&str, usize>::new();
     for letter in dead.iter().flatten() {
