@@ -187,15 +187,16 @@ fn send(client: &AsyncClient, topic: &str, payload: &Bytes) {
 }
 
 /// Publishes the parked messages again after `NO_SUBSCRIBER_RETRY`, unless the connection was
-/// rebuilt meanwhile (which republished them already).
+/// rebuilt meanwhile: the rebuild republished what was parked then, and what parked since belongs
+/// to the new connection's own retry — taking it here would leave it unacknowledged for good.
 fn retry_parked(shared: Arc<Mutex<Shared>>, epoch: u64) {
     tokio::spawn(async move {
         tokio::time::sleep(NO_SUBSCRIBER_RETRY).await;
         let mut guard = shared.lock().expect("publisher lock");
-        let parked = std::mem::take(&mut guard.parked);
         if guard.epoch != epoch {
             return;
         }
+        let parked = std::mem::take(&mut guard.parked);
         let guard = &mut *guard;
         for seq in parked {
             if let Some(entry) = guard.unacked.get(&seq) {
@@ -305,5 +306,81 @@ async fn drive(
         guard.client = client;
         generation = guard.generation;
         eventloop = fresh;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use gito_runtime::mqtt::MqttUrl;
+    use gito_testkit::{Broker, wait_for};
+
+    use super::*;
+
+    /// A message parked for want of a subscriber, then a rebuilt connection (the forwarder's
+    /// `cancel_all` after a lost connection) whose first message parks before the old retry
+    /// fires: that message must still be retried and delivered once someone subscribes. (The old
+    /// retry took it and dropped it, and the drainer waited for its delivery for ever: the fault
+    /// matrix saw everything after a local broker SIGKILL stay in the spool.)
+    #[tokio::test]
+    async fn a_message_parked_after_a_rebuild_is_retried_until_someone_subscribes() {
+        let broker = Broker::start().await;
+        let url: MqttUrl = broker.url().parse().expect("broker url");
+        let metrics = Arc::new(Metrics::default());
+        let (publisher, connection) = LocalPublisher::start(
+            url.options_v5("parked-test", None),
+            8,
+            metrics.clone(),
+            None,
+        );
+        tokio::spawn(connection);
+        let parked = |n: u64| {
+            let metrics = metrics.clone();
+            async move { metrics.no_subscribers.load(Ordering::Relaxed) >= n }
+        };
+
+        let first = publisher
+            .publish("t/parked".into(), Bytes::from_static(b"1"))
+            .await;
+        wait_for(Duration::from_secs(5), "the first message parked", || {
+            parked(1)
+        })
+        .await;
+        publisher.cancel_all();
+        assert!(first.await.is_err(), "cancelled with the old connection");
+        let second = publisher
+            .publish("t/parked".into(), Bytes::from_static(b"2"))
+            .await;
+        wait_for(Duration::from_secs(5), "the second message parked", || {
+            parked(2)
+        })
+        .await;
+
+        let mut options = url.options_v5("parked-test-subscriber", None);
+        options.set_keep_alive(Duration::from_secs(5));
+        let (subscriber, mut events) = AsyncClient::new(options, 10);
+        subscriber
+            .subscribe("t/parked", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let received = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => return p.payload,
+                    Ok(_) => {}
+                    Err(e) => panic!("subscriber connection: {e}"),
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the parked message was retried and acknowledged")
+            .expect("delivered, not cancelled");
+        let payload = tokio::time::timeout(Duration::from_secs(5), received)
+            .await
+            .expect("the subscriber received it")
+            .expect("subscriber task");
+        assert_eq!(&payload[..], b"2");
     }
 }
