@@ -152,6 +152,10 @@ pub async fn run(
         }
     }
     intake.cancel();
+    // The poller may be blocked handing over a message (the queue holds two batches, the broker's
+    // in-flight window can be larger): closing the queue frees it to send our acks and the
+    // disconnect. What it held is redelivered to the next processor.
+    drop(messages);
     backfill.abort();
     drop(acks_tx);
     let _ = acker.await;

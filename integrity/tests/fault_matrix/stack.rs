@@ -233,6 +233,38 @@ impl Stack {
         api.kill().await;
     }
 
+    /// SIGSTOP: the processor reads nothing meanwhile; the local broker holds its messages.
+    pub async fn pause_api(&self) {
+        self.api
+            .as_ref()
+            .expect("gito-api is running")
+            .pause()
+            .await;
+    }
+
+    pub async fn resume_api(&self) {
+        self.api
+            .as_ref()
+            .expect("gito-api is running")
+            .resume()
+            .await;
+    }
+
+    /// One counter of gito-api's `/metrics` (admin), e.g. `gito_processor_rows_duplicate_total`.
+    pub async fn api_metric(&self, name: &str) -> Option<u64> {
+        let page = reqwest::Client::new()
+            .get(format!("{}/metrics", self.api_url()))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric_of(&page, name)
+    }
+
     // --- gito-bridge ----------------------------------------------------------------------
 
     /// Starts gito-bridge and waits until it is subscribed on the external broker.
