@@ -144,7 +144,7 @@ impl Context {
         self.replay
             .lock()
             .expect("replay lock")
-            .delivered(device_id, payload);
+            .delivered(device_id, &payload);
     }
 }
 

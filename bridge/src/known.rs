@@ -1,9 +1,8 @@
 //! The device path → gito device map, kept across restarts, so that a restarted bridge forwards
 //! the messages of every device it knew at once instead of asking the API for each again.
 //!
-//! In memory a path is its 128-bit hash (SHA-256, truncated): 16 bytes however long the path,
-//! so a million devices fit in well under 128 MiB, and two paths of one fleet share a hash with
-//! a probability of about 10⁻²⁷ — never, in practice. Least recently used entries go first past
+//! In memory a path is its 128-bit hash, in a `PathMap` (`paths`): about 40 bytes per path, so a
+//! million devices take about 40 MiB. Least recently used entries go first past
 //! `GITO_BRIDGE_DEVICE_CACHE_MAX` (they are asked for again when they next publish); a restart
 //! reads the journal in order, so past the bound it keeps the paths used last as of the latest
 //! compaction and the ones learned since.
@@ -20,9 +19,9 @@ use std::io::{self, BufReader, BufWriter, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use hashlink::LruCache;
-use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
+
+use crate::paths::{PathKey, PathMap, path_key as key};
 
 const KNOWN: u8 = 1;
 const FORGOTTEN: u8 = 2;
@@ -31,19 +30,11 @@ const ENTRY: usize = 1 + 16 + 16;
 /// The journal is rewritten once it is this much larger than what it holds.
 const SLACK: u64 = 1 << 20;
 
-/// A device path as the map keeps it.
-type PathKey = [u8; 16];
-
-fn key(path: &str) -> PathKey {
-    let digest = Sha256::digest(path.as_bytes());
-    digest[..16].try_into().expect("16 bytes")
-}
-
 pub struct KnownDevices {
     path: PathBuf,
     journal: BufWriter<File>,
     journal_len: u64,
-    map: LruCache<PathKey, Uuid>,
+    map: PathMap,
 }
 
 impl KnownDevices {
@@ -53,7 +44,7 @@ impl KnownDevices {
     pub fn open(dir: &Path, max: usize, trusted_for: Duration) -> io::Result<KnownDevices> {
         fs::create_dir_all(dir)?;
         let path = dir.join("devices");
-        let mut map = LruCache::new(max.max(1));
+        let mut map = PathMap::new(max);
         let away = fs::metadata(&path)
             .and_then(|m| m.modified())
             .ok()
@@ -99,7 +90,7 @@ impl KnownDevices {
 
     /// The device of `path`, if known (it becomes the most recently used).
     pub fn get(&mut self, path: &str) -> Option<Uuid> {
-        self.map.get(&key(path)).copied()
+        self.map.get(&key(path))
     }
 
     pub fn len(&self) -> usize {
@@ -124,18 +115,13 @@ impl KnownDevices {
         let keys: Vec<PathKey> = match path {
             Some(path) => {
                 let key = key(path);
-                if self.map.peek(&key) == Some(&device_id) {
+                if self.map.peek(&key) == Some(device_id) {
                     vec![key]
                 } else {
                     Vec::new()
                 }
             }
-            None => self
-                .map
-                .iter()
-                .filter(|(_, id)| **id == device_id)
-                .map(|(key, _)| *key)
-                .collect(),
+            None => self.map.keys_of(device_id),
         };
         for key in &keys {
             self.map.remove(key);
@@ -164,8 +150,8 @@ impl KnownDevices {
         let fresh = self.path.with_extension("new");
         self.journal = BufWriter::new(File::create(&fresh)?);
         self.journal_len = 0;
-        for (key, id) in self.map.iter() {
-            self.journal_len += write_entry(&mut self.journal, KNOWN, key, *id);
+        for (key, id) in self.map.by_use() {
+            self.journal_len += write_entry(&mut self.journal, KNOWN, &key, id);
         }
         self.journal.flush()?;
         self.journal.get_ref().sync_data()?;

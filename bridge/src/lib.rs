@@ -14,6 +14,7 @@ pub mod known;
 pub mod local;
 pub mod mapping;
 pub mod metrics;
+pub mod paths;
 pub mod payload;
 pub mod replay;
 pub mod simulate;

