@@ -34,7 +34,7 @@ use crate::local::{Delivery, LocalPublisher};
 use crate::mapping::{Mapping, Unmapped};
 use crate::metrics::{DropReason, Metrics};
 use crate::payload::{self, Rejected};
-use crate::replay::ReplayWindow;
+use crate::replay::{Delivered, ReplayWindow};
 use crate::spool::{Record, SpoolHandle};
 use crate::waiting::Waiting;
 
@@ -48,6 +48,8 @@ const STUCK_AFTER: Duration = Duration::from_secs(10);
 const REPLAY_AGAIN_AFTER: Duration = Duration::from_secs(12);
 /// Messages appended to the spool with one fsync.
 const SPOOL_BATCH: usize = 1000;
+/// Replayed messages parsed and appended to the spool at once (a few MiB).
+const REPLAY_CHUNK: usize = 10_000;
 
 /// What the forwarder needs; shared with the drainer.
 pub struct Context {
@@ -451,9 +453,7 @@ impl Forwarder {
                     "replaying what the local broker acknowledged since it came back"
                 );
                 Metrics::add(&self.ctx.metrics.replayed, window.len() as u64);
-                let spool = self.ctx.spool.clone();
-                self.spool_and_ack(&spool, window, Vec::new(), incoming)
-                    .await;
+                self.spool_window(window, incoming).await;
             }
             return;
         }
@@ -463,8 +463,8 @@ impl Forwarder {
         }
     }
 
-    /// The replay window's records, oldest first (the window is empty afterwards).
-    fn take_window(&self) -> Vec<Record> {
+    /// The replay window, oldest first (the window is empty afterwards).
+    fn take_window(&self) -> Vec<Delivered> {
         let mut replay = self.ctx.replay.lock().expect("replay lock");
         if replay.truncated > 0 {
             tracing::warn!(
@@ -473,11 +473,7 @@ impl Forwarder {
             );
             replay.truncated = 0;
         }
-        replay
-            .take()
-            .into_iter()
-            .filter_map(|d| replayed(d.device_id, &d.payload))
-            .collect()
+        replay.take()
     }
 
     fn stuck(&self) -> bool {
@@ -492,7 +488,7 @@ impl Forwarder {
     /// into the spool, in that order, and acks what was not acked yet.
     async fn spill(
         &mut self,
-        replay: Vec<Record>,
+        replay: Vec<Delivered>,
         more: Vec<(Record, Ack)>,
         reason: &str,
         incoming: &mpsc::Receiver<Publish>,
@@ -520,9 +516,36 @@ impl Forwarder {
             messages = batch.len() + replay.len(),
             "spooling to disk until it recovers"
         );
-        let spool = self.ctx.spool.clone();
-        self.spool_and_ack(&spool, replay, batch, incoming).await;
+        if self.spool_window(replay, incoming).await {
+            let spool = self.ctx.spool.clone();
+            self.spool_and_ack(&spool, Vec::new(), batch, incoming)
+                .await;
+        }
         waited.into_iter().for_each(|ack| self.ack(ack));
+    }
+
+    /// Appends replayed messages to the spool, parsed a chunk at a time: the window of a fast
+    /// bridge holds a few hundred thousand, and parsing them all at once doubled its memory at
+    /// the worst moment (measured: 98 MiB more for 124,000). `false` at shutdown.
+    async fn spool_window(
+        &mut self,
+        window: Vec<Delivered>,
+        incoming: &mpsc::Receiver<Publish>,
+    ) -> bool {
+        let spool = self.ctx.spool.clone();
+        for chunk in window.chunks(REPLAY_CHUNK) {
+            let records = chunk
+                .iter()
+                .filter_map(|d| replayed(d.device_id, &d.payload))
+                .collect();
+            if !self
+                .spool_and_ack(&spool, records, Vec::new(), incoming)
+                .await
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// Appends `replay` and `batch` to `spool` (the spool or the waiting lane), then acks
