@@ -293,8 +293,11 @@ async fn delete_mid_stream(deletion: Deletion) {
     stop_tx.send(true).expect("stop");
     let longest = progress.await.expect("progress task");
     eprintln!("longest pause of the other devices' rows: {longest:?}");
+    // Alone this is ~0.1 s; a loaded CI run of the whole suite saw 1.1 s. What this guards
+    // against — the batch retried as if the database were down, or held until a cache expires —
+    // costs backoff rounds and cache lifetimes: several seconds, then for ever.
     assert!(
-        longest < Duration::from_secs(1),
+        longest < Duration::from_secs(3),
         "the other devices stalled for {longest:?}"
     );
     // The doomed device's messages processed after its deletion, in order: a suffix of its
