@@ -74,6 +74,13 @@ struct Alembic {
     python_bin: PathBuf,
 }
 
+impl Drop for Alembic {
+    /// The generated project is the run's own: every bench run (and CI's smoke run) left one.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Alembic {
     async fn prepare() -> anyhow::Result<Alembic> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
