@@ -26,11 +26,9 @@ async fn local_broker_sigkill_with_the_processor_away_loses_nothing_the_bridge_a
 
     // The processor away: what the bridge republishes now waits in the local broker's memory.
     stack.stop_api().await;
-    let before = stack.bridge_metric(REPUBLISHED).await.unwrap_or(0);
-    stack
-        .wait_bridge_metric(REPUBLISHED, before + 1000, Duration::from_secs(20))
+    let at_risk = stack
+        .wait_bridge_metric_rise(REPUBLISHED, 1000, Duration::from_secs(20))
         .await;
-    let at_risk = stack.bridge_metric(REPUBLISHED).await.unwrap_or(0) - before;
     // Killed before its next autosave, as by the OOM killer; back on the same port and data.
     stack.kill_local_broker().await;
     stack.start_local_broker().await;
@@ -121,9 +119,8 @@ async fn processor_sigterm_under_a_backlog_acknowledges_every_batch_it_committed
     // A backlog in the local broker: the processor frozen while the bridge republishes, then
     // stopped the moment it thaws, its intake full of messages it will not take.
     stack.pause_api().await;
-    let before = stack.bridge_metric(REPUBLISHED).await.unwrap_or(0);
     stack
-        .wait_bridge_metric(REPUBLISHED, before + 1000, Duration::from_secs(20))
+        .wait_bridge_metric_rise(REPUBLISHED, 1000, Duration::from_secs(20))
         .await;
     stack.resume_api().await;
     stack.stop_api().await;
@@ -157,16 +154,8 @@ async fn api_down_while_new_devices_keep_appearing_loses_nothing_and_creates_eac
 
     stack.stop_api().await;
     // Down long enough for the bridge to meet many unknown devices: it spools them.
-    let spooled = stack
-        .bridge_metric("gito_bridge_spooled_total")
-        .await
-        .unwrap_or(0);
     stack
-        .wait_bridge_metric(
-            "gito_bridge_spooled_total",
-            spooled + 400,
-            Duration::from_secs(20),
-        )
+        .wait_bridge_metric_rise("gito_bridge_spooled_total", 400, Duration::from_secs(20))
         .await;
     stack.start_api().await;
 

@@ -157,10 +157,8 @@ async fn spool_writes_failing_with_eio_mid_append_lose_nothing_acknowledged() {
     // To the spool (the API down, new devices keep coming), then its disk fails mid-append for
     // as long as the bridge takes to receive 300 more messages, then recovers.
     stack.stop_api().await;
-    let spooled = "gito_bridge_spooled_total";
-    let before = stack.bridge_metric(spooled).await.unwrap_or(0);
     stack
-        .wait_bridge_metric(spooled, before + 200, Duration::from_secs(20))
+        .wait_bridge_metric_rise("gito_bridge_spooled_total", 200, Duration::from_secs(20))
         .await;
     std::fs::write(&flag, "").expect("switch the seam on");
     // (At most 5 s: a bridge that stops taking messages while it cannot write stalls the count.)

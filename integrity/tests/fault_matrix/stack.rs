@@ -362,6 +362,13 @@ impl Stack {
         metric_of(&self.bridge_metrics().await, name)
     }
 
+    /// Waits until the bridge's counter `name` has risen by `by` from now; how much it rose.
+    pub async fn wait_bridge_metric_rise(&self, name: &str, by: u64, deadline: Duration) -> u64 {
+        let before = self.bridge_metric(name).await.unwrap_or(0);
+        self.wait_bridge_metric(name, before + by, deadline).await;
+        self.bridge_metric(name).await.unwrap_or(0) - before
+    }
+
     /// Waits until the bridge's counter `name` reaches `at_least`.
     pub async fn wait_bridge_metric(&self, name: &str, at_least: u64, deadline: Duration) {
         let what = format!("{name} >= {at_least}");
