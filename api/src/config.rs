@@ -220,6 +220,10 @@ pub struct StorageConfig {
     /// start at UTC multiples of it.
     #[arg(long, env = "GITO_TELEMETRY_PARTITION_INTERVAL", default_value = "1d", value_parser = parse_partition_interval)]
     pub partition_interval: Duration,
+    /// How far behind now the rollup follower keeps its edges (`30s`, `1m`, `5m`): a sample older
+    /// than this when it is stored is recomputed rather than rolled up in its turn.
+    #[arg(long, env = "GITO_ROLLUP_LAG", default_value = "1m", value_parser = parse_duration)]
+    pub rollup_lag: Duration,
 }
 
 impl Default for StorageConfig {
@@ -228,6 +232,7 @@ impl Default for StorageConfig {
             retention_days: None,
             partitions_ahead: 7,
             partition_interval: Duration::from_secs(86_400),
+            rollup_lag: Duration::from_secs(60),
         }
     }
 }

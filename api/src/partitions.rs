@@ -23,6 +23,10 @@ use crate::config::StorageConfig;
 
 /// The advisory lock a replica holds while it maintains partitions ("gito" and migration 013).
 pub const LOCK_KEY: i64 = 0x6769_746f_0013;
+/// Held (session-level) while a replica builds partitions' `ts` indexes: a key of its own, since
+/// `CREATE INDEX CONCURRENTLY` waits for every transaction in flight, the other replicas' rounds
+/// waiting for `LOCK_KEY` included.
+const INDEX_LOCK_KEY: i64 = 0x6769_746f_0015;
 /// How often the maintainer runs (and once at start).
 pub const EVERY: Duration = Duration::from_secs(300);
 /// Rows one retention DELETE removes at most: short statements, short row locks.
@@ -53,6 +57,8 @@ pub struct Partition {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Round {
     pub created: Vec<String>,
+    /// Partitions that got their `ts` BRIN index this round (those made before migration 015).
+    pub indexed: Vec<String>,
     pub dropped: Vec<String>,
     pub rows_deleted: u64,
     pub default_rows: i64,
@@ -77,6 +83,7 @@ pub async fn run(
             Ok(round) if round != Round::default() => {
                 tracing::info!(
                     created = ?round.created,
+                    indexed = ?round.indexed,
                     dropped = ?round.dropped,
                     rows_deleted = round.rows_deleted,
                     default_rows = round.default_rows,
@@ -108,6 +115,8 @@ pub async fn maintain(
     let (dropped, deleted) = enforce_retention(&mut conn, config.retention_days, now).await?;
     round.dropped = dropped;
     round.rows_deleted = deleted;
+    // Last: it may wait for every transaction in flight.
+    round.indexed = index_partitions(&mut conn).await?;
     Ok(round)
 }
 
@@ -161,6 +170,70 @@ async fn take_turn(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     .fetch_one(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Builds the BRIN index on `ts` that the rollup follower reads by (migration 015 made it on
+/// `telemetry` and its partitions under 8 MB) on each partition that lacks it, CONCURRENTLY so that writes go on, and
+/// attaches it; partitions made since 015 have it from their creation. Outside a transaction
+/// (CONCURRENTLY needs it), under a session-level lock (`INDEX_LOCK_KEY`): a replica that finds it
+/// taken leaves the work to the holder. Returns the partitions indexed.
+async fn index_partitions(conn: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
+    let missing: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT c.relname::text AS "name!" FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = 'telemetry'::regclass AND to_regclass('telemetry_ts_brin') IS NOT NULL
+             AND NOT EXISTS (
+                 SELECT 1 FROM pg_inherits x JOIN pg_index ix ON ix.indexrelid = x.inhrelid
+                 WHERE x.inhparent = to_regclass('telemetry_ts_brin') AND ix.indrelid = c.oid)
+           ORDER BY 1"#
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if missing.is_empty() {
+        return Ok(missing);
+    }
+    let mine = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_lock($1) AS "mine!""#,
+        INDEX_LOCK_KEY
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !mine {
+        return Ok(Vec::new());
+    }
+    let mut indexed = Vec::new();
+    let mut outcome = Ok(());
+    for partition in missing {
+        let index = format!("{partition}_ts_brin");
+        let statements = [
+            // What a failed CONCURRENTLY build left behind (an invalid index) goes first.
+            format!(
+                "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('{index}')
+                 AND NOT indisvalid) THEN EXECUTE 'DROP INDEX {index}'; END IF; END $$"
+            ),
+            format!("CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {partition} USING brin (ts)"),
+            format!("ALTER INDEX telemetry_ts_brin ATTACH PARTITION {index}"),
+        ];
+        for statement in statements {
+            outcome = sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut *conn)
+                .await
+                .map(drop);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        if outcome.is_err() {
+            break;
+        }
+        indexed.push(partition);
+    }
+    sqlx::query_scalar!(
+        r#"SELECT pg_advisory_unlock($1) AS "unlocked!""#,
+        INDEX_LOCK_KEY
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    outcome.map(|()| indexed)
 }
 
 /// The parts of `slot` that no range of `existing` covers.

@@ -1,9 +1,28 @@
 //! Rollups: per device and metric, the count, min, max, sum, first and last of numeric telemetry
 //! per minute, hour and day (`telemetry_rollup_1m`, `_1h`, `_1d`), so that a month of hourly
-//! buckets reads hundreds of rows instead of millions. The processor keeps them in the statement
-//! that stores the raw rows (`processor::store`), from exactly the rows that statement inserted;
-//! rows stored before migration 014 are rolled up by `backfill`, device by device, and a query uses
-//! a rollup for a device only once the backfill has passed it (`complete_for`).
+//! buckets reads hundreds of rows instead of millions.
+//!
+//! They are kept by a follower (`follow`), not by the processor: the processor only stores raw
+//! rows, which is what ingest can afford, and the follower rolls up whole minutes behind it, the
+//! way TimescaleDB's continuous aggregates do. Two edges in `telemetry_rollup_state` say where it
+//! stands:
+//!
+//! - `materialized_before`: every minute before it was rolled up from the raw rows there;
+//! - `invalidated_before` (≥ the other): a processor that stores a row older than this logs the
+//!   row's minute in `telemetry_rollup_invalidations` in the same statement, and the follower
+//!   recomputes that minute (and its hour and day) from raw rows.
+//!
+//! A row is therefore rolled up exactly once whichever way it comes: a row at or after
+//! `invalidated_before` is in the raw rows when the follower reaches its minute, and a row before
+//! it is logged. The follower moves `invalidated_before` while holding `LOCK` exclusively and every
+//! processor holds it shared from before it reads the edge until it commits, so no row can slip
+//! between an edge it read and a minute the follower already rolled up. A redelivery inserts no
+//! row, so it logs nothing and the follower's recompute changes nothing. Queries use a rollup for
+//! a device before `served_before` only, and raw rows after it, so their answers stay exact while
+//! the follower is behind.
+//!
+//! Rows stored before migration 014 are rolled up by `backfill_step`, device by device, and a
+//! query uses a rollup for a device only once the backfill has passed it.
 
 use std::time::Duration;
 
@@ -15,12 +34,24 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Held shared by every merge (`processor::store`) and exclusively by a backfill step, so that a
-/// step recomputes its devices' rollups from raw rows with no merge half done beside it.
+/// Held shared by every merge (`processor::store`), from before it reads `invalidated_before`
+/// until it commits, and exclusively by the follower for the instant it moves that edge.
 pub const LOCK: i64 = 0x6769_746f_726f_6c6c; // "gitoroll"
 
-/// Devices rolled up per backfill step (one transaction, `LOCK` held: merges wait meanwhile).
+/// Held by a follower step and a backfill step: one of them at a time, among all replicas.
+pub const FOLLOWER: i64 = 0x6769_746f_666f_6c6c; // "gitofoll"
+
+/// Devices rolled up per backfill step (one transaction).
 pub const DEVICES_PER_STEP: i64 = 20;
+
+/// The longest span of raw rows one follower step rolls up (one statement).
+pub const SPAN: time::Duration = time::Duration::minutes(5);
+
+/// Logged minutes one follower step recomputes at most.
+pub const RECOMPUTE_PER_STEP: i64 = 10_000;
+
+/// How often an idle follower looks for work.
+pub const POLL: Duration = Duration::from_secs(1);
 
 /// Where a telemetry query's answer comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -82,11 +113,18 @@ impl Source {
     }
 }
 
+/// The start of the bucket of `secs` (from the common origin) that holds `t`.
+pub fn bucket_start(t: OffsetDateTime, secs: i64) -> OffsetDateTime {
+    let into = (t.unix_timestamp() - ORIGIN).rem_euclid(secs);
+    let start = t - time::Duration::seconds(into);
+    start.replace_nanosecond(0).unwrap_or(start)
+}
+
 /// 2000-01-01T00:00:00Z, the origin of every bucket (`date_bin`'s), in Unix seconds.
 const ORIGIN: i64 = 946_684_800;
 
-/// True when `device_id`'s rollups hold every one of its stored rows: the backfill is done or has
-/// passed the device.
+/// True when `device_id`'s rollups hold every one of its stored rows before
+/// `materialized_before`: the backfill is done or has passed the device.
 pub async fn complete_for(conn: &mut PgConnection, device_id: Uuid) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT (done OR device_id <= after_device) IS TRUE AS "complete!"
@@ -98,6 +136,25 @@ pub async fn complete_for(conn: &mut PgConnection, device_id: Uuid) -> Result<bo
     .map(|c| c.unwrap_or(false))
 }
 
+/// The time before which `device_id`'s rollups equal the aggregates of its raw rows: where the
+/// follower stands, or earlier when one of the device's minutes waits to be recomputed. `None`
+/// when its rollups cannot serve at all yet (the backfill has not passed it).
+pub async fn served_before(
+    conn: &mut PgConnection,
+    device_id: Uuid,
+) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+    let edge = sqlx::query_scalar!(
+        r#"SELECT LEAST(s.materialized_before,
+                        (SELECT min(bucket) FROM telemetry_rollup_invalidations WHERE device_id = $1))
+           FROM telemetry_rollup_state s, telemetry_rollup_backfill b
+           WHERE b.done OR $1 <= b.after_device"#,
+        device_id
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(edge.flatten())
+}
+
 /// What one backfill step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -107,21 +164,25 @@ pub enum Step {
     Done,
 }
 
-/// Rolls up the next `devices` devices (in id order) from their raw rows, replacing whatever their
-/// rollups held, and moves the persisted position past them; marks the backfill done when no
-/// device is left. Safe with many processors at once (`LOCK`), and across restarts (the position
-/// commits with the rollups).
+/// Rolls up the next `devices` devices (in id order) from their raw rows before
+/// `materialized_before` (the follower's part is after it), replacing whatever their rollups
+/// held, and moves the persisted position past them; marks the backfill done when no device is
+/// left. Takes turns with the follower (`FOLLOWER`) and survives restarts (the position commits
+/// with the rollups). Processors never wait for it.
 #[tracing::instrument(skip_all)]
 pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query!("SELECT pg_advisory_xact_lock($1)", LOCK)
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", FOLLOWER)
         .execute(&mut *tx)
         .await?;
-    let state = sqlx::query!("SELECT done, after_device FROM telemetry_rollup_backfill FOR UPDATE")
-        .fetch_optional(&mut *tx)
-        .await?;
-    let after = match state {
-        Some(s) if !s.done => s.after_device,
+    let state = sqlx::query!(
+        "SELECT b.done, b.after_device, s.materialized_before
+         FROM telemetry_rollup_backfill b, telemetry_rollup_state s FOR UPDATE OF b"
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (after, before) = match state {
+        Some(s) if !s.done => (s.after_device, s.materialized_before),
         _ => return Ok(Step::Done),
     };
     let ids: Vec<Uuid> = sqlx::query_scalar!(
@@ -161,13 +222,13 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
          SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                 count(*), min(value), max(value), sum(value),
                 (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
-         FROM telemetry WHERE device_id = ANY($1) AND value IS NOT NULL
+         FROM telemetry WHERE device_id = ANY($1) AND ts < $2 AND value IS NOT NULL
          GROUP BY 1, 2, 3",
-        &ids
+        &ids,
+        before
     )
     .execute(&mut *tx)
     .await?;
-    // Hours and days from the minutes: the same numbers, from far fewer rows.
     sqlx::query!(
         "INSERT INTO telemetry_rollup_1h (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
@@ -202,38 +263,361 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
     Ok(Step::Devices(ids.len()))
 }
 
-/// Runs the backfill to its end (a no-op once done), retrying failures with backoff; returns at
-/// `shutdown` too. Started by every processor: the steps take turns (`LOCK`).
-pub async fn backfill(pool: PgPool, shutdown: CancellationToken) {
+/// What one follower step did; all zero when it found nothing to do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Minutes of raw rows rolled up (the span `materialized_before` moved).
+    pub minutes: i64,
+    /// Logged minutes recomputed.
+    pub recomputed: u64,
+    /// Whether this step removed the rollup rows written before 015 (once).
+    pub cleaned: bool,
+}
+
+impl Progress {
+    pub fn is_idle(&self) -> bool {
+        *self == Progress::default()
+    }
+}
+
+/// One follower step: moves `invalidated_before` up to the minute of `until` (never back), rolls
+/// up at most `SPAN` of raw rows from `materialized_before` on, and recomputes at most
+/// `RECOMPUTE_PER_STEP` logged minutes before it. Safe with many replicas (`FOLLOWER`) and across
+/// crashes at any point: the edges commit with the rollups they describe, and a recompute is
+/// idempotent.
+#[tracing::instrument(skip_all)]
+pub async fn follow_step(pool: &PgPool, until: OffsetDateTime) -> Result<Progress, sqlx::Error> {
+    let mut progress = Progress::default();
+    // 1. The invalidation edge, alone in a short transaction: the exclusive LOCK waits for the
+    //    merges in flight (they read the edge before), and merges wait for this commit.
+    let mut tx = pool.begin().await?;
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", FOLLOWER)
+        .execute(&mut *tx)
+        .await?;
+    let behind = sqlx::query_scalar!(
+        r#"SELECT invalidated_before < date_bin('1 minute', $1, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "behind!"
+           FROM telemetry_rollup_state"#,
+        until
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if behind {
+        sqlx::query!("SELECT pg_advisory_xact_lock($1)", LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query!(
+            "UPDATE telemetry_rollup_state
+             SET invalidated_before = date_bin('1 minute', $1, TIMESTAMPTZ '2000-01-01 00:00:00+00')",
+            until
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+
+    // 2. Roll up and recompute, in a snapshot taken after every merge that read the old edge
+    //    committed.
+    let mut tx = pool.begin().await?;
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", FOLLOWER)
+        .execute(&mut *tx)
+        .await?;
+    let state = sqlx::query!(
+        "SELECT invalidated_before, materialized_before, cleanup_from FROM telemetry_rollup_state"
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some(from) = state.cleanup_from {
+        clean_up(&mut tx, from).await?;
+        tx.commit().await?;
+        progress.cleaned = true;
+        return Ok(progress);
+    }
+    let (start, edge) = (state.materialized_before, state.invalidated_before);
+    if start < edge {
+        let from = first_rows(&mut tx, start, edge).await?;
+        let to = edge.min(from + SPAN);
+        materialize(&mut tx, from, to).await?;
+        progress.minutes = (to - start).whole_minutes();
+    }
+    progress.recomputed = recompute(&mut tx).await?;
+    tx.commit().await?;
+    Ok(progress)
+}
+
+/// Runs follower steps until one finds nothing to do, `until` being the edge to reach; returns
+/// what they did together. For tests, benchmarks and the follower's own catch-up.
+pub async fn catch_up(pool: &PgPool, until: OffsetDateTime) -> Result<Progress, sqlx::Error> {
+    let mut total = Progress::default();
+    loop {
+        let step = follow_step(pool, until).await?;
+        if step.is_idle() {
+            return Ok(total);
+        }
+        total.minutes += step.minutes;
+        total.recomputed += step.recomputed;
+        total.cleaned |= step.cleaned;
+    }
+}
+
+/// Removes the rollup rows from `from` on (written by processors before 015; `from` is the start
+/// of a day, so no hour or day straddles it) and clears the mark. One scan of each rollup table,
+/// once, in the background.
+async fn clean_up(conn: &mut PgConnection, from: OffsetDateTime) -> Result<(), sqlx::Error> {
+    sqlx::query!("DELETE FROM telemetry_rollup_1m WHERE bucket >= $1", from)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query!("DELETE FROM telemetry_rollup_1h WHERE bucket >= $1", from)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query!("DELETE FROM telemetry_rollup_1d WHERE bucket >= $1", from)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query!("UPDATE telemetry_rollup_state SET cleanup_from = NULL")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Where rows start in `[from, edge)`, to a `SPAN`: spans with no row are skipped four times
+/// wider each time, so that a follower far behind (a gap of days) crosses the empty part in a few
+/// probes of the `ts` index; `edge` when no span has rows.
+async fn first_rows(
+    conn: &mut PgConnection,
+    mut from: OffsetDateTime,
+    edge: OffsetDateTime,
+) -> Result<OffsetDateTime, sqlx::Error> {
+    let mut span = SPAN;
+    loop {
+        let to = edge.min(from + span);
+        let rows = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM telemetry WHERE ts >= $1 AND ts < $2) AS "rows!""#,
+            from,
+            to
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if rows || to >= edge {
+            return Ok(if rows { from } else { edge });
+        }
+        from = to;
+        span *= 4;
+    }
+}
+
+/// Rolls up the raw rows of `[from, to)` (whole minutes no step rolled up before; those between
+/// `materialized_before` and `from` hold no row) and moves `materialized_before` to `to`: minutes written as computed, hours and days added to (those
+/// minutes were in none of them), in one statement.
+async fn materialize(
+    conn: &mut PgConnection,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "WITH m AS (
+           SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
+                  count(*) AS count, min(value) AS min, max(value) AS max, sum(value) AS sum,
+                  (array_agg(value ORDER BY ts))[1] AS first, min(ts) AS first_ts,
+                  (array_agg(value ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
+           FROM telemetry WHERE ts >= $1 AND ts < $2 AND value IS NOT NULL
+           GROUP BY 1, 2, 3
+         ), minute AS (
+           INSERT INTO telemetry_rollup_1m AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+           SELECT * FROM m ORDER BY 1, 2, 3
+           ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+               count = EXCLUDED.count, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
+               first = EXCLUDED.first, first_ts = EXCLUDED.first_ts, last = EXCLUDED.last, last_ts = EXCLUDED.last_ts
+         ), hour AS (
+           INSERT INTO telemetry_rollup_1h AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+           SELECT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                  sum(count), min(min), max(max), sum(sum),
+                  (array_agg(first ORDER BY first_ts))[1], min(first_ts),
+                  (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+           FROM m GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+           ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+               count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
+               max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
+               first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
+               first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
+               last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
+               last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
+         ), day AS (
+           INSERT INTO telemetry_rollup_1d AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+           SELECT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                  sum(count), min(min), max(max), sum(sum),
+                  (array_agg(first ORDER BY first_ts))[1], min(first_ts),
+                  (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+           FROM m GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+           ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+               count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
+               max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
+               first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
+               first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
+               last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
+               last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
+         )
+         UPDATE telemetry_rollup_state SET materialized_before = $2",
+        from,
+        to
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes up to `RECOMPUTE_PER_STEP` logged minutes before `materialized_before` (a minute after it
+/// is still ahead of the follower, which will roll it up whole) and recomputes each from raw rows,
+/// then their hours from minutes and their days from hours. Returns how many were taken.
+async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let taken = sqlx::query!(
+        r#"DELETE FROM telemetry_rollup_invalidations
+           WHERE ctid = ANY(ARRAY(
+               SELECT i.ctid FROM telemetry_rollup_invalidations i, telemetry_rollup_state s
+               WHERE i.bucket < s.materialized_before LIMIT $1))
+           RETURNING device_id, metric, bucket"#,
+        RECOMPUTE_PER_STEP
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if taken.is_empty() {
+        return Ok(0);
+    }
+    let count = taken.len() as u64;
+    let (mut devices, mut metrics, mut buckets) = (Vec::new(), Vec::new(), Vec::new());
+    for t in taken {
+        devices.push(t.device_id);
+        metrics.push(t.metric);
+        buckets.push(t.bucket);
+    }
+    sqlx::query!(
+        "DELETE FROM telemetry_rollup_1m r
+         USING UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS k(device_id, metric, bucket)
+         WHERE r.device_id = k.device_id AND r.metric = k.metric AND r.bucket = k.bucket",
+        &devices,
+        &metrics,
+        &buckets
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+         SELECT t.device_id, t.metric, k.bucket, count(*), min(t.value), max(t.value), sum(t.value),
+                (array_agg(t.value ORDER BY t.ts))[1], min(t.ts), (array_agg(t.value ORDER BY t.ts DESC))[1], max(t.ts)
+         FROM (SELECT DISTINCT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[])) AS k(device_id, metric, bucket)
+         JOIN telemetry t ON t.device_id = k.device_id AND t.metric = k.metric
+                         AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute'
+         WHERE t.value IS NOT NULL
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        &devices,
+        &metrics,
+        &buckets
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM telemetry_rollup_1h r
+         USING UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS k(device_id, metric, bucket)
+         WHERE r.device_id = k.device_id AND r.metric = k.metric
+           AND r.bucket = date_bin('1 hour', k.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')",
+        &devices,
+        &metrics,
+        &buckets
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO telemetry_rollup_1h (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+         SELECT r.device_id, r.metric, k.hour, sum(r.count), min(r.min), max(r.max), sum(r.sum),
+                (array_agg(r.first ORDER BY r.first_ts))[1], min(r.first_ts),
+                (array_agg(r.last ORDER BY r.last_ts DESC))[1], max(r.last_ts)
+         FROM (SELECT DISTINCT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour
+               FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(device_id, metric, bucket)) k
+         JOIN telemetry_rollup_1m r ON r.device_id = k.device_id AND r.metric = k.metric
+                                   AND r.bucket >= k.hour AND r.bucket < k.hour + interval '1 hour'
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        &devices,
+        &metrics,
+        &buckets
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM telemetry_rollup_1d r
+         USING UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS k(device_id, metric, bucket)
+         WHERE r.device_id = k.device_id AND r.metric = k.metric
+           AND r.bucket = date_bin('1 day', k.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')",
+        &devices,
+        &metrics,
+        &buckets
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO telemetry_rollup_1d (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+         SELECT r.device_id, r.metric, k.day, sum(r.count), min(r.min), max(r.max), sum(r.sum),
+                (array_agg(r.first ORDER BY r.first_ts))[1], min(r.first_ts),
+                (array_agg(r.last ORDER BY r.last_ts DESC))[1], max(r.last_ts)
+         FROM (SELECT DISTINCT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS day
+               FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(device_id, metric, bucket)) k
+         JOIN telemetry_rollup_1h r ON r.device_id = k.device_id AND r.metric = k.metric
+                                   AND r.bucket >= k.day AND r.bucket < k.day + interval '1 day'
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        &devices,
+        &metrics,
+        &buckets
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(count)
+}
+
+/// The rollup task of every `gito-api serve` (supervised): the backfill of rows stored before
+/// 014, then the follower, `lag` behind now, until `stop`. Failures are logged and retried with
+/// backoff: the database may be away for a while.
+pub async fn run(pool: PgPool, lag: Duration, stop: CancellationToken) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut rolled = 0;
+    let mut backfilled = false;
     loop {
-        if shutdown.is_cancelled() {
-            return;
+        if stop.is_cancelled() {
+            return Ok(());
         }
-        match backfill_step(&pool, DEVICES_PER_STEP).await {
-            Ok(Step::Done) => {
-                if rolled > 0 {
-                    tracing::info!(devices = rolled, "rollup backfill done");
-                }
-                return;
-            }
-            Ok(Step::Devices(n)) => {
-                if rolled == 0 {
-                    tracing::info!("rollup backfill of rows stored before 014 started");
-                }
-                rolled += n;
+        let outcome = if backfilled {
+            follow_step(&pool, OffsetDateTime::now_utc() - lag)
+                .await
+                .map(|p| p.is_idle())
+        } else {
+            backfill_step(&pool, DEVICES_PER_STEP)
+                .await
+                .map(|step| match step {
+                    Step::Done => {
+                        if rolled > 0 {
+                            tracing::info!(devices = rolled, "rollup backfill done");
+                        }
+                        backfilled = true;
+                        false
+                    }
+                    Step::Devices(n) => {
+                        if rolled == 0 {
+                            tracing::info!("rollup backfill of rows stored before 014 started");
+                        }
+                        rolled += n;
+                        false
+                    }
+                })
+        };
+        let pause = match outcome {
+            Ok(idle) => {
                 backoff.reset();
-                // Let the merges that waited for the step through before the next one.
-                tokio::task::yield_now().await;
+                if idle { POLL } else { Duration::ZERO }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "rollup backfill step failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
-                }
+                tracing::warn!(error = %e, "rollup step failed; retrying");
+                backoff.next_delay()
             }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::http::{self, AppState, Limits, Live, TokenCache, token_cache};
 use crate::migrate::{self, Catalog};
 use crate::partitions;
 use crate::processor::{self, ProcessorConfig};
+use crate::rollups;
 use crate::status::{self, Health};
 use crate::sweeper::{self, SweeperConfig};
 
@@ -251,7 +252,11 @@ impl Server {
         }
         {
             let pool = pool.clone();
-            tasks.spawn("partitions", |stop| partitions::run(storage, pool, stop));
+            let lag = storage.rollup_lag;
+            tasks.spawn("partitions", |stop| {
+                partitions::run(storage, pool.clone(), stop)
+            });
+            tasks.spawn("rollups", move |stop| rollups::run(pool, lag, stop));
         }
         tasks.spawn("token_listener", |stop| {
             token_cache::listen(tokens, listener_options, pool, health, stop)

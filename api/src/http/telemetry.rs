@@ -203,8 +203,9 @@ pub(super) async fn ensure_device(
 /// (1–10000, default 1000). With `bucket` (`30s`, `5m`, `1h`, `1d`, at most 366 days): one
 /// `{bucket, metric, avg, min, max, count, first, last}` per bucket and metric over numeric
 /// values, newest first, served from the coarsest rollup that answers exactly (its width divides
-/// the bucket, `from` and `to` lie on its edges, its backfill has passed the device), else from
-/// raw rows; `source` says which (`raw`, `1m`, `1h`, `1d`). There is no
+/// the bucket, `from` and `to` lie on its edges, its backfill has passed the device) up to where
+/// the rollup follower stands for the device, and from raw rows after that or when no rollup
+/// answers; `source` says which rollup served (`1m`, `1h`, `1d`), else `raw`. There is no
 /// cursor: narrow the window with `from` (inclusive) and `to` (exclusive), RFC 3339 times (write
 /// an offset's `+` as `%2B`). A malformed time, bucket or limit is 400; a device that is not the
 /// tenant's is 404.
@@ -229,22 +230,51 @@ async fn query(
     let bucket = q.bucket.as_deref().map(bucket_secs).transpose()?;
     ensure_device(&state, tenant_id, device_id).await?;
     if let Some(secs) = bucket {
-        let mut source = Source::for_buckets(secs, from, to);
         let mut conn = state.pool.acquire().await?;
-        if source != Source::Raw && !rollups::complete_for(&mut conn, device_id).await? {
+        let mut source = Source::for_buckets(secs, from, to);
+        // Where the rollups stop answering for this device: the buckets from there on come from
+        // raw rows, in the same answer.
+        let edge = match source {
+            Source::Raw => None,
+            _ => rollups::served_before(&mut conn, device_id).await?,
+        };
+        let Some(edge) = edge else {
             source = Source::Raw;
-        }
-        let range = Range {
+            let range = Range {
+                device_id,
+                metric: q.metric,
+                from,
+                to,
+                limit,
+            };
+            return Ok(Json(Series {
+                source,
+                items: Items::Buckets(raw_buckets(&mut conn, secs, &range).await?),
+            }));
+        };
+        let edge = rollups::bucket_start(edge, secs);
+        let newer = Range {
             device_id,
-            metric: q.metric,
-            from,
+            metric: q.metric.clone(),
+            from: Some(from.map_or(edge, |from| from.max(edge))),
             to,
             limit,
         };
-        let items = match source {
-            Source::Raw => raw_buckets(&mut conn, secs, &range).await?,
-            rollup => rollup_buckets(&mut conn, secs, rollup, &range).await?,
+        let mut items = if to.is_some_and(|to| to <= edge) {
+            Vec::new()
+        } else {
+            raw_buckets(&mut conn, secs, &newer).await?
         };
+        let older = Range {
+            from,
+            to: Some(to.map_or(edge, |to| to.min(edge))),
+            metric: q.metric,
+            ..newer
+        };
+        if items.len() < limit as usize && from.is_none_or(|from| from < edge) {
+            items.extend(rollup_buckets(&mut conn, secs, source, &older).await?);
+            items.truncate(limit as usize);
+        }
         return Ok(Json(Series {
             source,
             items: Items::Buckets(items),

@@ -220,7 +220,9 @@ pub fn lint_sql(file: &Path, sql: &str, code: Option<&[String]>) -> Vec<Finding>
                     "CREATE INDEX CONCURRENTLY in a transactional migration".to_owned(),
                 ));
             }
-            if !concurrently && existing(&table) {
+            // `ON ONLY` a partitioned table builds nothing (the index starts invalid, empty of
+            // partitions): instant, whatever the table holds.
+            if !concurrently && !on_only(t) && existing(&table) {
                 raw.push((
                     line,
                     "create-index-not-concurrently",
@@ -382,6 +384,13 @@ fn created_index(t: &[Token]) -> Option<(String, bool)> {
     }
     let concurrently = t.get(i + 1).is_some_and(|w| w.is("concurrently"));
     Some((after_on(t)?, concurrently))
+}
+
+/// `... ON ONLY table ...`.
+fn on_only(t: &[Token]) -> bool {
+    t.iter()
+        .position(|w| w.is("on"))
+        .is_some_and(|on| t.get(on + 1).is_some_and(|w| w.is("only")))
 }
 
 fn after_on(t: &[Token]) -> Option<String> {

@@ -88,8 +88,6 @@ pub async fn run(
         health.clone(),
         config.retention_days,
     );
-    // Rollups of rows stored before migration 014; returns at once when there are none.
-    let backfill = tokio::spawn(crate::rollups::backfill(pool.clone(), shutdown.clone()));
     let mut watch = DeviceWatch::new(&pool);
     let deleted = watch.sync(&mut batcher.cache).await;
     announce(&client, &counters, deleted);
@@ -156,7 +154,6 @@ pub async fn run(
     // in-flight window can be larger): closing the queue frees it to send our acks and the
     // disconnect. What it held is redelivered to the next processor.
     drop(messages);
-    backfill.abort();
     drop(acks_tx);
     let _ = acker.await;
     let _ = client.disconnect().await;

@@ -1,7 +1,6 @@
 //! The storing path, shared by batches and by replayed dead letters: checked messages become rows
-//! in one statement that also adds exactly the new rows to the rollups (a redelivered envelope
-//! changes nothing, a late one updates exactly its buckets), samples older than their tenant's
-//! retention are counted and dropped, `last_seen_at` moves once per device, and alert rules are
+//! in one statement that also logs the minutes of late rows for the rollup follower (a redelivered
+//! envelope logs nothing), samples older than their tenant's retention are counted and dropped, `last_seen_at` moves once per device, and alert rules are
 //! evaluated, all in the caller's transaction.
 
 use std::collections::{BTreeSet, HashMap};
@@ -174,12 +173,12 @@ async fn oldest_kept(
     Ok(rows.into_iter().map(|r| (r.id, r.oldest)).collect())
 }
 
-/// Inserts the rows and adds exactly those that were new (numeric ones) to the 1-minute, 1-hour
-/// and 1-day rollups, in one statement; returns how many rows were new. A row stored before
-/// (a redelivery) is not returned by the insert, so it adds nothing; first and last go to the
-/// earliest and latest event time, an equal one keeping what the rollup has. Rows and buckets are
-/// written in key order, so that concurrent processors lock in the same order. The shared
-/// `rollups::LOCK` keeps a backfill step from recomputing the same buckets meanwhile.
+/// Inserts the rows; returns how many were new. Of the new numeric rows older than
+/// `invalidated_before` (late for the rollup follower, `crate::rollups`), the same statement logs
+/// each (device, metric, minute) once for the follower to recompute; a row stored before (a
+/// redelivery) is not returned by the insert, so it logs nothing. Rows are written in key order,
+/// so that concurrent processors lock in the same order. The shared `rollups::LOCK`, held until
+/// the caller commits, keeps the follower from moving the edge between the read and the commit.
 pub async fn merge(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::Error> {
     sqlx::query!(
         "SELECT pg_advisory_xact_lock_shared($1)",
@@ -195,45 +194,11 @@ pub async fn merge(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::Er
              ORDER BY device_id, metric, ts
              ON CONFLICT (device_id, metric, ts) DO NOTHING
              RETURNING device_id, metric, ts, value
-           ), minute AS (
-             INSERT INTO telemetry_rollup_1m AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
-             SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
-                    count(*), min(value), max(value), sum(value),
-                    (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
-             FROM new WHERE value IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-             ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
-                 count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
-                 max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
-                 first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
-                 first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
-                 last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
-                 last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
-           ), hour AS (
-             INSERT INTO telemetry_rollup_1h AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
-             SELECT device_id, metric, date_bin('1 hour', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
-                    count(*), min(value), max(value), sum(value),
-                    (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
-             FROM new WHERE value IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-             ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
-                 count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
-                 max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
-                 first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
-                 first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
-                 last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
-                 last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
-           ), day AS (
-             INSERT INTO telemetry_rollup_1d AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
-             SELECT device_id, metric, date_bin('1 day', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
-                    count(*), min(value), max(value), sum(value),
-                    (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
-             FROM new WHERE value IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-             ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
-                 count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
-                 max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
-                 first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
-                 first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
-                 last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
-                 last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
+           ), late AS (
+             INSERT INTO telemetry_rollup_invalidations (device_id, metric, bucket)
+             SELECT DISTINCT n.device_id, n.metric, date_bin('1 minute', n.ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+             FROM new n, telemetry_rollup_state s
+             WHERE n.value IS NOT NULL AND n.ts < s.invalidated_before
            )
            SELECT count(*) AS "inserted!" FROM new"#,
         &rows.device_id,

@@ -300,7 +300,27 @@ async fn partition_names(pool: &PgPool) -> Vec<String> {
 
 #[tokio::test]
 async fn two_maintainers_at_once_create_the_same_partitions_once() {
-    let db = TestDb::migrated().await;
+    // Up to 014, then 013's historical partition past the 8 MB under which 015 indexes a
+    // partition itself: that one is left to the maintainers.
+    let db = TestDb::empty().await;
+    let catalog = Catalog::embedded();
+    migrate::up(&db.url, catalog, Some(14))
+        .await
+        .expect("up to 014");
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 't');
+         INSERT INTO devices (id, tenant_id, name) VALUES
+             ('00000000-0000-0000-0000-000000000002', '00000000-0000-0000-0000-000000000001', 'd');
+         INSERT INTO telemetry_legacy (device_id, ts, metric, value)
+         SELECT '00000000-0000-0000-0000-000000000002', TIMESTAMPTZ '2026-01-01 00:00:00+00' + i * interval '1 s', 'm', i
+         FROM generate_series(1, 200000) i;",
+    )
+    .execute(&PgPool::connect(&db.url).await.expect("pool"))
+    .await
+    .expect("a legacy partition of 8 MB or more");
+    migrate::up(&db.url, catalog, None)
+        .await
+        .expect("up to head");
     let (a, b) = (
         PgPool::connect(&db.url).await.expect("pool a"),
         PgPool::connect(&db.url).await.expect("pool b"),
@@ -332,6 +352,26 @@ async fn two_maintainers_at_once_create_the_same_partitions_once() {
     // Idempotent: a third round creates nothing.
     let again = partitions::maintain(&a, &config, now).await.expect("again");
     assert!(again.created.is_empty(), "{:?}", again.created);
+    // Every partition has the `ts` index the rollup follower reads by, attached to the parent's
+    // (which becomes valid once all have it): 013's partitions got it from a round, CONCURRENTLY;
+    // the rounds' own partitions from their creation.
+    let (valid, missing): (bool, i64) = sqlx::query_as(
+        "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = 'telemetry_ts_brin'::regclass),
+                (SELECT count(*) FROM pg_inherits i
+                 WHERE i.inhparent = 'telemetry'::regclass AND NOT EXISTS (
+                     SELECT 1 FROM pg_inherits x JOIN pg_index ix ON ix.indexrelid = x.inhrelid
+                     WHERE x.inhparent = 'telemetry_ts_brin'::regclass AND ix.indrelid = i.inhrelid))",
+    )
+    .fetch_one(&a)
+    .await
+    .expect("indexes");
+    assert_eq!(missing, 0, "partitions without the ts index");
+    assert!(valid, "the parent's ts index is valid");
+    let indexed = [ra.indexed, rb.indexed, again.indexed].concat();
+    assert!(
+        indexed.contains(&"telemetry_legacy".to_owned()),
+        "013's partitions were indexed by a round: {indexed:?}"
+    );
 }
 
 #[tokio::test]

@@ -257,6 +257,22 @@ async fn retention_prunes_rollup_buckets_that_lie_wholly_before_the_cutoff_and_o
         json!({ "retention_days": 10 }),
     )
     .await;
+    // The app's rollup follower stays out of this test's rollup rows: its edges past every raw
+    // row, its one-time cleanup off (set between two of its steps).
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(gito_api::rollups::FOLLOWER)
+        .execute(&mut *tx)
+        .await
+        .expect("follower lock");
+    sqlx::query(
+        "UPDATE telemetry_rollup_state SET cleanup_from = NULL,
+             invalidated_before = now() + interval '1 day', materialized_before = now() + interval '1 day'",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("follower edges");
+    tx.commit().await.expect("commit");
     let s = device_with_60_days(pool, short, now).await;
     let f = device_with_60_days(pool, forever, now).await;
     let tables = [

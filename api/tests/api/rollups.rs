@@ -1,8 +1,9 @@
 //! Rollups against a real PostgreSQL: after a randomized stream with late values and
-//! redeliveries, stored through the processor's storing path, every rollup row equals the
-//! aggregate of the raw rows; queries pick the source as documented and answer the same numbers
-//! as raw; the backfill of rows stored before 014 ends exact; late samples past retention are
-//! counted, not stored (the real binary over Mosquitto).
+//! redeliveries, stored through the processor's storing path while the follower moves on, every
+//! rollup row equals the aggregate of the raw rows; queries pick the source as documented and
+//! answer the same numbers as raw, the follower caught up or not; the backfill of rows stored
+//! before 014 ends exact; late samples past retention are counted, not stored, and rolled up by
+//! the real binary's follower (over Mosquitto).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -131,6 +132,26 @@ async fn snapshot(conn: &mut PgConnection) -> Vec<String> {
     rows
 }
 
+/// Runs the follower until it has nothing left to do, its edges at `until`.
+async fn catch_up(url: &str, until: OffsetDateTime) {
+    let pool = sqlx::PgPool::connect(url).await.expect("pool");
+    rollups::catch_up(&pool, until).await.expect("follower");
+    pool.close().await;
+}
+
+/// Puts both follower edges at `at`, as if it had been there all along (tests start before the
+/// stream's oldest sample, so that rows are rolled up by both ways: in turn and as late ones).
+async fn set_edges(conn: &mut PgConnection, at: OffsetDateTime) {
+    sqlx::query(
+        "UPDATE telemetry_rollup_state
+         SET invalidated_before = $1, materialized_before = $1, cleanup_from = NULL",
+    )
+    .bind(at)
+    .execute(conn)
+    .await
+    .expect("edges");
+}
+
 /// One message of the randomized stream: which device, how far back (seconds, up to ~60 days),
 /// and values of metrics `a` (always a number), `b` (a number, sometimes a boolean), `c` (text).
 #[derive(Debug, Clone)]
@@ -183,11 +204,13 @@ proptest! {
         stream in proptest::collection::vec(sample(), 1..60),
         cuts in proptest::collection::vec(1..8usize, 1..20),
         redeliver in proptest::collection::vec(any::<bool>(), 1..20),
+        moves in proptest::collection::vec(0..4i64, 1..20),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
             let db = TestDb::migrated().await;
             let mut conn = db.connect().await;
+            let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
             let ids = devices(&mut conn, 2).await;
             let messages: Vec<(Uuid, Envelope)> = stream.iter().map(|s| message(&ids, s)).collect();
             // Batches of random sizes, some delivered twice (now, and again after the next batch).
@@ -204,14 +227,24 @@ proptest! {
                 }
                 start = end;
             }
-            for batch in &batches {
+            // The follower starts before the oldest sample (60 days back) and moves on by 0 to 3
+            // weeks after each batch: samples land ahead of it, behind it (logged, recomputed),
+            // and in minutes it has half done.
+            let mut edge = base() - time::Duration::days(61);
+            set_edges(&mut conn, edge).await;
+            for (i, batch) in batches.iter().enumerate() {
                 store_all(&mut conn, batch).await;
+                edge += time::Duration::weeks(moves[i % moves.len()]) + time::Duration::minutes(1);
+                rollups::follow_step(&pool, edge).await.expect("follower step");
             }
+            rollups::catch_up(&pool, base() + time::Duration::days(1)).await.expect("follower");
             assert_rollups_exact(&mut conn).await;
 
             let before = snapshot(&mut conn).await;
             let again = store_all(&mut conn, &messages).await;
             assert_eq!(again.inserted, 0, "a redelivery inserts no row");
+            let after = rollups::catch_up(&pool, base() + time::Duration::days(1)).await.expect("follower");
+            assert_eq!(after.recomputed, 0, "a redelivery logs nothing");
             assert_eq!(snapshot(&mut conn).await, before, "a redelivery changes no rollup");
         });
     }
@@ -255,6 +288,7 @@ async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer(
             .await
             .expect("device");
     three_days(&mut conn, device).await;
+    catch_up(&app.db_url, OffsetDateTime::now_utc()).await;
     let path = format!("/tenants/{tenant}/devices/{device}/telemetry");
     let cases = [
         ("bucket=1h", "1h"),
@@ -298,6 +332,47 @@ async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer(
     }
     let (_, points) = app.get(&path).await;
     assert_eq!(points["source"], "raw", "unbucketed answers are raw points");
+
+    // A late value the follower has not recomputed yet: the rollup serves the buckets before its
+    // minute, raw rows the rest, and the answer is still raw rows' answer.
+    let late = base() + time::Duration::hours(30) + time::Duration::seconds(17);
+    store_all(
+        &mut conn,
+        &[(
+            device,
+            envelope(late, &[("t", MetricValue::Number(1000.0))]),
+        )],
+    )
+    .await;
+    let edge: OffsetDateTime = rollups::served_before(&mut conn, device)
+        .await
+        .expect("edge")
+        .expect("backfilled");
+    assert_eq!(edge, late - time::Duration::seconds(17), "the late minute");
+    for query in ["bucket=1h", "bucket=1d", "bucket=15m&metric=t"] {
+        let (_, answer) = app.get(&format!("{path}?{query}")).await;
+        set_backfill(&mut conn, false).await;
+        let (_, raw) = app.get(&format!("{path}?{query}")).await;
+        set_backfill(&mut conn, true).await;
+        assert_eq!(raw["source"], "raw");
+        assert_ne!(answer["source"], "raw", "{query}");
+        assert_eq!(
+            answer["items"], raw["items"],
+            "{query}: with a minute to recompute"
+        );
+        assert!(
+            answer["items"].to_string().contains("1000"),
+            "{query}: the late value is in the answer"
+        );
+    }
+    catch_up(&app.db_url, OffsetDateTime::now_utc()).await;
+    let edge = rollups::served_before(&mut conn, device)
+        .await
+        .expect("edge");
+    assert!(
+        edge > Some(late),
+        "recomputed: the rollups serve past it again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,6 +426,10 @@ async fn the_backfill_rolls_up_rows_stored_before_014_with_merges_in_between() {
         assert!(steps < 10, "the backfill ends");
     }
     assert_eq!(steps, 3, "one device per step");
+    // The late values' minutes were logged too: recomputing them changes nothing.
+    rollups::catch_up(&pool, OffsetDateTime::now_utc())
+        .await
+        .expect("follower");
     for id in &ids {
         assert!(
             rollups::complete_for(&mut conn, *id)
@@ -460,9 +539,27 @@ async fn samples_older_than_the_retention_are_counted_and_not_stored() {
         api.count("samples older than their tenant's retention were not stored") >= 1,
         "one log line per batch that dropped some"
     );
-    let rolled: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM telemetry_rollup_1d")
+    // The follower (1 s apart when idle) recomputes the four late samples' minutes, and only them.
+    let rolled = || {
+        let url = db.url.clone();
+        async move {
+            let mut conn = PgConnection::connect(&url).await.expect("connect");
+            let rolled: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(count)::bigint FROM telemetry_rollup_1d WHERE metric = 'v'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("rollups");
+            rolled
+        }
+    };
+    wait_for(Duration::from_secs(30), "2 samples rolled up", || async {
+        rolled().await == Some(2)
+    })
+    .await;
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry_rollup_invalidations")
         .fetch_one(&mut conn)
         .await
-        .expect("rollups");
-    assert_eq!(rolled, 4, "expired samples are in no rollup either");
+        .expect("pending");
+    assert_eq!(pending, 0, "every logged minute recomputed");
 }
