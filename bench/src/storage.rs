@@ -52,7 +52,7 @@ impl StorageResult {
         vec![
             Row::new(
                 format!(
-                    "ingest: merge into partitions + 1m/1h/1d rollups, {} rows in batches of {BATCH_ROWS}",
+                    "ingest: merge into partitions, then the follower rolls the rows up (1m/1h/1d), {} rows in batches of {BATCH_ROWS}",
                     self.ingest_rows
                 ),
                 format!("{:.0} rows/s", self.merge_rows_per_sec),
