@@ -1,7 +1,8 @@
 -- Rollups kept by a follower instead of in the processor's transaction (docs/ARCHITECTURE.md,
 -- "Rollups"). The processor only stores raw rows, and logs the minute of each row it stores before
 -- `invalidated_before`; the follower materializes whole minutes from raw rows up to
--- `materialized_before` and recomputes the logged minutes. New tables and one index built on no
+-- `materialized_before`, whole hours from minutes and whole days from hours once complete, and
+-- recomputes the logged minutes (migration 016 indexes the rollups by bucket for it). New tables and one index built on no
 -- partition (ON ONLY: instant); the partition maintainer builds that index on each existing
 -- partition CONCURRENTLY and attaches it, new partitions get it at creation.
 SET LOCAL lock_timeout = '5s';
@@ -14,16 +15,22 @@ CREATE TABLE telemetry_rollup_state (
     -- Every minute before this was rolled up from raw rows (the logged minutes aside); at most
     -- invalidated_before.
     materialized_before TIMESTAMPTZ NOT NULL,
+    -- Every hour before this was rolled up from its minutes (the logged minutes' hours aside),
+    -- and every day before days_before from its hours: an hour is rolled up once it is complete.
+    hours_before        TIMESTAMPTZ NOT NULL,
+    days_before         TIMESTAMPTZ NOT NULL,
     -- Rollup rows from this on were written by processors before 015 and are removed by the
     -- follower's first step (the follower rolls those minutes up again from raw rows).
     cleanup_from        TIMESTAMPTZ,
-    CHECK (materialized_before <= invalidated_before)
+    CHECK (days_before <= hours_before AND hours_before <= materialized_before
+           AND materialized_before <= invalidated_before)
 );
 
 -- Both edges start at the beginning of today (UTC): the rollups before it are complete (014's
 -- processors kept them in their transactions); today's are rebuilt by the follower.
-INSERT INTO telemetry_rollup_state (invalidated_before, materialized_before, cleanup_from)
-SELECT d, d, d FROM (SELECT date_bin('1 day', now(), TIMESTAMPTZ '2000-01-01 00:00:00+00') AS d) today;
+INSERT INTO telemetry_rollup_state
+    (invalidated_before, materialized_before, hours_before, days_before, cleanup_from)
+SELECT d, d, d, d, d FROM (SELECT date_bin('1 day', now(), TIMESTAMPTZ '2000-01-01 00:00:00+00') AS d) today;
 
 -- Minutes (per device and metric) that received rows after the follower had passed them.
 CREATE TABLE telemetry_rollup_invalidations (

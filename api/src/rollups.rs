@@ -2,24 +2,25 @@
 //! per minute, hour and day (`telemetry_rollup_1m`, `_1h`, `_1d`), so that a month of hourly
 //! buckets reads hundreds of rows instead of millions.
 //!
-//! They are kept by a follower (`follow`), not by the processor: the processor only stores raw
-//! rows, which is what ingest can afford, and the follower rolls up whole minutes behind it, the
-//! way TimescaleDB's continuous aggregates do. Two edges in `telemetry_rollup_state` say where it
-//! stands:
+//! They are kept by a follower (`run`), not by the processor: the processor only stores raw
+//! rows, which is what ingest can afford, and the follower rolls up whole minutes behind it, then
+//! whole hours from minutes and whole days from hours once they are complete, the way
+//! TimescaleDB's continuous aggregates do. Edges in `telemetry_rollup_state` say where it stands:
 //!
 //! - `materialized_before`: every minute before it was rolled up from the raw rows there;
-//! - `invalidated_before` (≥ the other): a processor that stores a row older than this logs the
-//!   row's minute in `telemetry_rollup_invalidations` in the same statement, and the follower
-//!   recomputes that minute (and its hour and day) from raw rows.
+//!   `hours_before` and `days_before` (each at most the one before) likewise for hours and days;
+//! - `invalidated_before` (≥ `materialized_before`): a processor that stores a row older than this
+//!   logs the row's minute in `telemetry_rollup_invalidations` in the same statement, and the
+//!   follower recomputes that minute (and its hour and day, where rolled up) from raw rows.
 //!
 //! A row is therefore rolled up exactly once whichever way it comes: a row at or after
 //! `invalidated_before` is in the raw rows when the follower reaches its minute, and a row before
 //! it is logged. The follower moves `invalidated_before` while holding `LOCK` exclusively and every
 //! processor holds it shared from before it reads the edge until it commits, so no row can slip
 //! between an edge it read and a minute the follower already rolled up. A redelivery inserts no
-//! row, so it logs nothing and the follower's recompute changes nothing. Queries use a rollup for
-//! a device before `served_before` only, and raw rows after it, so their answers stay exact while
-//! the follower is behind.
+//! row, so it logs nothing. Every write of the follower replaces a bucket with what its parts
+//! hold, so any step can be repeated. Queries combine each rollup before a device's `edges` with
+//! finer pieces and raw rows after them, so their answers stay exact while the follower is behind.
 //!
 //! Rows stored before migration 014 are rolled up by `backfill_step`, device by device, and a
 //! query uses a rollup for a device only once the backfill has passed it.
@@ -46,6 +47,13 @@ pub const DEVICES_PER_STEP: i64 = 20;
 
 /// The longest span of raw rows one follower step rolls up (one statement).
 pub const SPAN: time::Duration = time::Duration::minutes(5);
+
+/// The most hours and days one follower step rolls up (a follower far behind catches up in
+/// several steps; a running one rolls one hour an hour and one day a day).
+const HOURS_SPAN: time::Duration = time::Duration::hours(24);
+const DAYS_SPAN: time::Duration = time::Duration::days(7);
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
 
 /// Logged minutes one follower step recomputes at most.
 pub const RECOMPUTE_PER_STEP: i64 = 10_000;
@@ -113,13 +121,6 @@ impl Source {
     }
 }
 
-/// The start of the bucket of `secs` (from the common origin) that holds `t`.
-pub fn bucket_start(t: OffsetDateTime, secs: i64) -> OffsetDateTime {
-    let into = (t.unix_timestamp() - ORIGIN).rem_euclid(secs);
-    let start = t - time::Duration::seconds(into);
-    start.replace_nanosecond(0).unwrap_or(start)
-}
-
 /// 2000-01-01T00:00:00Z, the origin of every bucket (`date_bin`'s), in Unix seconds.
 const ORIGIN: i64 = 946_684_800;
 
@@ -136,23 +137,44 @@ pub async fn complete_for(conn: &mut PgConnection, device_id: Uuid) -> Result<bo
     .map(|c| c.unwrap_or(false))
 }
 
-/// The time before which `device_id`'s rollups equal the aggregates of its raw rows: where the
-/// follower stands, or earlier when one of the device's minutes waits to be recomputed. `None`
-/// when its rollups cannot serve at all yet (the backfill has not passed it).
-pub async fn served_before(
-    conn: &mut PgConnection,
-    device_id: Uuid,
-) -> Result<Option<OffsetDateTime>, sqlx::Error> {
-    let edge = sqlx::query_scalar!(
-        r#"SELECT LEAST(s.materialized_before,
-                        (SELECT min(bucket) FROM telemetry_rollup_invalidations WHERE device_id = $1))
-           FROM telemetry_rollup_state s, telemetry_rollup_backfill b
-           WHERE b.done OR $1 <= b.after_device"#,
+/// Where each rollup of a device stops answering: before `day`, days; from there to `hour`,
+/// hours; from there to `minute`, minutes; raw rows from `minute` on. Each is aligned to its
+/// width, and `day <= hour <= minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edges {
+    pub day: OffsetDateTime,
+    pub hour: OffsetDateTime,
+    pub minute: OffsetDateTime,
+}
+
+/// `device_id`'s edges: where the follower stands, or earlier when one of the device's minutes
+/// waits to be recomputed (its hour and day then wait too). `None` when its rollups cannot serve
+/// at all yet (the backfill has not passed it).
+pub async fn edges(conn: &mut PgConnection, device_id: Uuid) -> Result<Option<Edges>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"WITH m AS (
+             SELECT s.hours_before, s.days_before,
+                    LEAST(s.materialized_before,
+                          (SELECT min(bucket) FROM telemetry_rollup_invalidations WHERE device_id = $1)) AS minute
+             FROM telemetry_rollup_state s, telemetry_rollup_backfill b
+             WHERE b.done OR $1 <= b.after_device
+           ), h AS (
+             SELECT minute, days_before,
+                    LEAST(hours_before, date_bin('1 hour', minute, TIMESTAMPTZ '2000-01-01 00:00:00+00')) AS hour
+             FROM m
+           )
+           SELECT minute AS "minute!", hour AS "hour!",
+                  LEAST(days_before, date_bin('1 day', hour, TIMESTAMPTZ '2000-01-01 00:00:00+00')) AS "day!"
+           FROM h"#,
         device_id
     )
     .fetch_optional(conn)
     .await?;
-    Ok(edge.flatten())
+    Ok(row.map(|r| Edges {
+        day: r.day,
+        hour: r.hour,
+        minute: r.minute,
+    }))
 }
 
 /// What one backfill step did.
@@ -166,7 +188,8 @@ pub enum Step {
 
 /// Rolls up the next `devices` devices (in id order) from their raw rows before
 /// `materialized_before` (the follower's part is after it), replacing whatever their rollups
-/// held, and moves the persisted position past them; marks the backfill done when no device is
+/// held (an hour or day not complete yet is written partly, and rolled up again by the follower
+/// when it is), and moves the persisted position past them; marks the backfill done when no device is
 /// left. Takes turns with the follower (`FOLLOWER`) and survives restarts (the position commits
 /// with the rollups). Processors never wait for it.
 #[tracing::instrument(skip_all)]
@@ -268,6 +291,9 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
 pub struct Progress {
     /// Minutes of raw rows rolled up (the span `materialized_before` moved).
     pub minutes: i64,
+    /// Hours and days rolled up from their minutes and hours.
+    pub hours: i64,
+    pub days: i64,
     /// Logged minutes recomputed.
     pub recomputed: u64,
     /// Whether this step removed the rollup rows written before 015 (once).
@@ -316,13 +342,17 @@ pub async fn follow_step(pool: &PgPool, until: OffsetDateTime) -> Result<Progres
     tx.commit().await?;
 
     // 2. Roll up and recompute, in a snapshot taken after every merge that read the old edge
-    //    committed.
+    //    committed; sorting a span's rows in memory (the default 4 MB spills them to disk).
     let mut tx = pool.begin().await?;
     sqlx::query!("SELECT pg_advisory_xact_lock($1)", FOLLOWER)
         .execute(&mut *tx)
         .await?;
+    sqlx::query_scalar!(r#"SELECT set_config('work_mem', '64MB', true) AS "set!""#)
+        .fetch_one(&mut *tx)
+        .await?;
     let state = sqlx::query!(
-        "SELECT invalidated_before, materialized_before, cleanup_from FROM telemetry_rollup_state"
+        "SELECT invalidated_before, materialized_before, hours_before, days_before, cleanup_from
+         FROM telemetry_rollup_state"
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -333,11 +363,27 @@ pub async fn follow_step(pool: &PgPool, until: OffsetDateTime) -> Result<Progres
         return Ok(progress);
     }
     let (start, edge) = (state.materialized_before, state.invalidated_before);
+    let mut minutes = start;
     if start < edge {
         let from = first_rows(&mut tx, start, edge).await?;
-        let to = edge.min(from + SPAN);
-        materialize(&mut tx, from, to).await?;
-        progress.minutes = (to - start).whole_minutes();
+        minutes = edge.min(from + SPAN);
+        materialize(&mut tx, from, minutes).await?;
+        progress.minutes = (minutes - start).whole_minutes();
+    }
+    // Complete hours (before the minute edge), then complete days (before the hour edge).
+    let hours = state
+        .hours_before
+        .max(start_of(minutes, HOUR).min(state.hours_before + HOURS_SPAN));
+    if hours > state.hours_before {
+        roll_hours(&mut tx, state.hours_before, hours).await?;
+        progress.hours = (hours - state.hours_before).whole_hours();
+    }
+    let days = state
+        .days_before
+        .max(start_of(hours, DAY).min(state.days_before + DAYS_SPAN));
+    if days > state.days_before {
+        roll_days(&mut tx, state.days_before, days).await?;
+        progress.days = (days - state.days_before).whole_days();
     }
     progress.recomputed = recompute(&mut tx).await?;
     tx.commit().await?;
@@ -354,6 +400,8 @@ pub async fn catch_up(pool: &PgPool, until: OffsetDateTime) -> Result<Progress, 
             return Ok(total);
         }
         total.minutes += step.minutes;
+        total.hours += step.hours;
+        total.days += step.days;
         total.recomputed += step.recomputed;
         total.cleaned |= step.cleaned;
     }
@@ -404,56 +452,25 @@ async fn first_rows(
     }
 }
 
-/// Rolls up the raw rows of `[from, to)` (whole minutes no step rolled up before; those between
-/// `materialized_before` and `from` hold no row) and moves `materialized_before` to `to`: minutes written as computed, hours and days added to (those
-/// minutes were in none of them), in one statement.
+/// Rolls up the raw rows of `[from, to)` into their minutes (whole minutes no step rolled up
+/// before; those between `materialized_before` and `from` hold no row) and moves
+/// `materialized_before` to `to`, in one statement.
 async fn materialize(
     conn: &mut PgConnection,
     from: OffsetDateTime,
     to: OffsetDateTime,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "WITH m AS (
-           SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS bucket,
-                  count(*) AS count, min(value) AS min, max(value) AS max, sum(value) AS sum,
-                  (array_agg(value ORDER BY ts))[1] AS first, min(ts) AS first_ts,
-                  (array_agg(value ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
-           FROM telemetry WHERE ts >= $1 AND ts < $2 AND value IS NOT NULL
-           GROUP BY 1, 2, 3
-         ), minute AS (
+        "WITH minute AS (
            INSERT INTO telemetry_rollup_1m AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
-           SELECT * FROM m ORDER BY 1, 2, 3
+           SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                  count(*), min(value), max(value), sum(value),
+                  (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
+           FROM telemetry WHERE ts >= $1 AND ts < $2 AND value IS NOT NULL
+           GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
            ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
                count = EXCLUDED.count, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
                first = EXCLUDED.first, first_ts = EXCLUDED.first_ts, last = EXCLUDED.last, last_ts = EXCLUDED.last_ts
-         ), hour AS (
-           INSERT INTO telemetry_rollup_1h AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
-           SELECT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
-                  sum(count), min(min), max(max), sum(sum),
-                  (array_agg(first ORDER BY first_ts))[1], min(first_ts),
-                  (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
-           FROM m GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-           ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
-               count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
-               max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
-               first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
-               first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
-               last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
-               last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
-         ), day AS (
-           INSERT INTO telemetry_rollup_1d AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
-           SELECT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
-                  sum(count), min(min), max(max), sum(sum),
-                  (array_agg(first ORDER BY first_ts))[1], min(first_ts),
-                  (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
-           FROM m GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-           ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
-               count = r.count + EXCLUDED.count, min = LEAST(r.min, EXCLUDED.min),
-               max = GREATEST(r.max, EXCLUDED.max), sum = r.sum + EXCLUDED.sum,
-               first = CASE WHEN EXCLUDED.first_ts < r.first_ts THEN EXCLUDED.first ELSE r.first END,
-               first_ts = LEAST(r.first_ts, EXCLUDED.first_ts),
-               last = CASE WHEN EXCLUDED.last_ts > r.last_ts THEN EXCLUDED.last ELSE r.last END,
-               last_ts = GREATEST(r.last_ts, EXCLUDED.last_ts)
          )
          UPDATE telemetry_rollup_state SET materialized_before = $2",
         from,
@@ -464,9 +481,74 @@ async fn materialize(
     Ok(())
 }
 
+/// Rolls up the complete hours of `[from, to)` from their minutes (read by bucket, 016's index)
+/// and moves `hours_before` to `to`.
+async fn roll_hours(
+    conn: &mut PgConnection,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "WITH hour AS (
+           INSERT INTO telemetry_rollup_1h AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+           SELECT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                  sum(count), min(min), max(max), sum(sum),
+                  (array_agg(first ORDER BY first_ts))[1], min(first_ts),
+                  (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+           FROM telemetry_rollup_1m WHERE bucket >= $1 AND bucket < $2
+           GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+           ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+               count = EXCLUDED.count, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
+               first = EXCLUDED.first, first_ts = EXCLUDED.first_ts, last = EXCLUDED.last, last_ts = EXCLUDED.last_ts
+         )
+         UPDATE telemetry_rollup_state SET hours_before = $2",
+        from,
+        to
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Rolls up the complete days of `[from, to)` from their hours and moves `days_before` to `to`.
+async fn roll_days(
+    conn: &mut PgConnection,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "WITH day AS (
+           INSERT INTO telemetry_rollup_1d AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+           SELECT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                  sum(count), min(min), max(max), sum(sum),
+                  (array_agg(first ORDER BY first_ts))[1], min(first_ts),
+                  (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+           FROM telemetry_rollup_1h WHERE bucket >= $1 AND bucket < $2
+           GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+           ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+               count = EXCLUDED.count, min = EXCLUDED.min, max = EXCLUDED.max, sum = EXCLUDED.sum,
+               first = EXCLUDED.first, first_ts = EXCLUDED.first_ts, last = EXCLUDED.last, last_ts = EXCLUDED.last_ts
+         )
+         UPDATE telemetry_rollup_state SET days_before = $2",
+        from,
+        to
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The start of the bucket of `secs` (from the common origin) that holds `t`.
+fn start_of(t: OffsetDateTime, secs: i64) -> OffsetDateTime {
+    let into = (t.unix_timestamp() - ORIGIN).rem_euclid(secs);
+    let start = t - time::Duration::seconds(into);
+    start.replace_nanosecond(0).unwrap_or(start)
+}
+
 /// Takes up to `RECOMPUTE_PER_STEP` logged minutes before `materialized_before` (a minute after it
 /// is still ahead of the follower, which will roll it up whole) and recomputes each from raw rows,
-/// then their hours from minutes and their days from hours. Returns how many were taken.
+/// then their hours from minutes and their days from hours, where those were rolled up already
+/// (the others will be, whole). Returns how many were taken.
 async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     let taken = sqlx::query!(
         r#"DELETE FROM telemetry_rollup_invalidations
@@ -517,7 +599,8 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
         "DELETE FROM telemetry_rollup_1h r
          USING UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS k(device_id, metric, bucket)
          WHERE r.device_id = k.device_id AND r.metric = k.metric
-           AND r.bucket = date_bin('1 hour', k.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')",
+           AND r.bucket = date_bin('1 hour', k.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+           AND r.bucket < (SELECT hours_before FROM telemetry_rollup_state)",
         &devices,
         &metrics,
         &buckets
@@ -533,6 +616,7 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
                FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(device_id, metric, bucket)) k
          JOIN telemetry_rollup_1m r ON r.device_id = k.device_id AND r.metric = k.metric
                                    AND r.bucket >= k.hour AND r.bucket < k.hour + interval '1 hour'
+         WHERE k.hour < (SELECT hours_before FROM telemetry_rollup_state)
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         &devices,
         &metrics,
@@ -544,7 +628,8 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
         "DELETE FROM telemetry_rollup_1d r
          USING UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS k(device_id, metric, bucket)
          WHERE r.device_id = k.device_id AND r.metric = k.metric
-           AND r.bucket = date_bin('1 day', k.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')",
+           AND r.bucket = date_bin('1 day', k.bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+           AND r.bucket < (SELECT days_before FROM telemetry_rollup_state)",
         &devices,
         &metrics,
         &buckets
@@ -560,6 +645,7 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
                FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(device_id, metric, bucket)) k
          JOIN telemetry_rollup_1h r ON r.device_id = k.device_id AND r.metric = k.metric
                                    AND r.bucket >= k.day AND r.bucket < k.day + interval '1 day'
+         WHERE k.day < (SELECT days_before FROM telemetry_rollup_state)
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         &devices,
         &metrics,

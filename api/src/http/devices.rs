@@ -388,15 +388,33 @@ async fn remove(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    let deleted = sqlx::query!(
-        "DELETE FROM devices WHERE tenant_id = $1 AND id = $2",
-        tenant_id,
-        id
-    )
-    .execute(&state.pool)
-    .await?;
+    // The delete locks the device, then its rollup rows (ON DELETE CASCADE); the rollup follower
+    // may hold some of those rows and wait for the device (its foreign key check): PostgreSQL
+    // then aborts one of the two (40P01). Either retries; this one a few times at once.
+    let mut attempts = 0;
+    let deleted = loop {
+        attempts += 1;
+        match sqlx::query!(
+            "DELETE FROM devices WHERE tenant_id = $1 AND id = $2",
+            tenant_id,
+            id
+        )
+        .execute(&state.pool)
+        .await
+        {
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some(DEADLOCK) && attempts < 3 =>
+            {
+                tracing::info!(device_id = %id, "device delete met a deadlock; retrying");
+            }
+            result => break result?,
+        }
+    };
     deletion(deleted.rows_affected(), "device")
 }
+
+/// SQLSTATE deadlock_detected.
+const DEADLOCK: &str = "40P01";
 
 /// A device as returned by the idempotent insert, with whether it was new.
 pub(super) struct Upserted {

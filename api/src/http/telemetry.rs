@@ -231,50 +231,25 @@ async fn query(
     ensure_device(&state, tenant_id, device_id).await?;
     if let Some(secs) = bucket {
         let mut conn = state.pool.acquire().await?;
-        let mut source = Source::for_buckets(secs, from, to);
-        // Where the rollups stop answering for this device: the buckets from there on come from
-        // raw rows, in the same answer.
-        let edge = match source {
-            Source::Raw => None,
-            _ => rollups::served_before(&mut conn, device_id).await?,
-        };
-        let Some(edge) = edge else {
-            source = Source::Raw;
-            let range = Range {
-                device_id,
-                metric: q.metric,
-                from,
-                to,
-                limit,
-            };
-            return Ok(Json(Series {
-                source,
-                items: Items::Buckets(raw_buckets(&mut conn, secs, &range).await?),
-            }));
-        };
-        let edge = rollups::bucket_start(edge, secs);
-        let newer = Range {
+        let range = Range {
             device_id,
-            metric: q.metric.clone(),
-            from: Some(from.map_or(edge, |from| from.max(edge))),
+            metric: q.metric,
+            from,
             to,
             limit,
         };
-        let mut items = if to.is_some_and(|to| to <= edge) {
-            Vec::new()
-        } else {
-            raw_buckets(&mut conn, secs, &newer).await?
+        let source = Source::for_buckets(secs, from, to);
+        let edges = match source {
+            Source::Raw => None,
+            _ => rollups::edges(&mut conn, device_id).await?,
         };
-        let older = Range {
-            from,
-            to: Some(to.map_or(edge, |to| to.min(edge))),
-            metric: q.metric,
-            ..newer
+        let (source, items) = match edges {
+            Some(edges) => (
+                source,
+                rollup_buckets(&mut conn, secs, source, edges, &range).await?,
+            ),
+            None => (Source::Raw, raw_buckets(&mut conn, secs, &range).await?),
         };
-        if items.len() < limit as usize && from.is_none_or(|from| from < edge) {
-            items.extend(rollup_buckets(&mut conn, secs, source, &older).await?);
-            items.truncate(limit as usize);
-        }
         return Ok(Json(Series {
             source,
             items: Items::Buckets(items),
@@ -343,12 +318,15 @@ async fn raw_buckets(
     .await
 }
 
-/// Buckets of `secs` combined from the rollup `source`, whose width divides `secs` and whose edges
-/// `from` and `to` lie on (`Source::for_buckets`): the same numbers as from raw rows.
+/// Buckets of `secs` combined from the rollup `source` (whose width divides `secs` and on whose
+/// edges `from` and `to` lie, `Source::for_buckets`) before the device's `edges`, and from finer
+/// pieces after them: hours up to the hour edge, minutes up to the minute edge, raw rows from
+/// there on. The pieces are disjoint and cover the range, so the numbers are raw rows' numbers.
 async fn rollup_buckets(
     conn: &mut PgConnection,
     secs: i64,
     source: Source,
+    edges: rollups::Edges,
     r: &Range,
 ) -> Result<Vec<Bucket>, sqlx::Error> {
     sqlx::query_as!(
@@ -358,13 +336,17 @@ async fn rollup_buckets(
                   sum(count)::bigint AS "count!",
                   (array_agg(first ORDER BY first_ts))[1] AS first, (array_agg(last ORDER BY last_ts DESC))[1] AS last
            FROM (SELECT metric, bucket, count, min, max, sum, first, first_ts, last, last_ts
-                 FROM telemetry_rollup_1m WHERE $7 = '1m' AND device_id = $1
+                 FROM telemetry_rollup_1d WHERE $7 = '1d' AND device_id = $1 AND bucket < $8
                  UNION ALL
                  SELECT metric, bucket, count, min, max, sum, first, first_ts, last, last_ts
-                 FROM telemetry_rollup_1h WHERE $7 = '1h' AND device_id = $1
+                 FROM telemetry_rollup_1h WHERE $7 IN ('1d', '1h') AND device_id = $1
+                   AND ($7 = '1h' OR bucket >= $8) AND bucket < $9
                  UNION ALL
                  SELECT metric, bucket, count, min, max, sum, first, first_ts, last, last_ts
-                 FROM telemetry_rollup_1d WHERE $7 = '1d' AND device_id = $1) r
+                 FROM telemetry_rollup_1m WHERE device_id = $1 AND ($7 = '1m' OR bucket >= $9) AND bucket < $10
+                 UNION ALL
+                 SELECT metric, ts, 1, value, value, value, value, ts, value, ts
+                 FROM telemetry WHERE device_id = $1 AND value IS NOT NULL AND ts >= $10) r
            WHERE ($3::text IS NULL OR metric = $3)
              AND ($4::timestamptz IS NULL OR bucket >= $4) AND ($5::timestamptz IS NULL OR bucket < $5)
            GROUP BY 1, 2 ORDER BY 1 DESC, 2 LIMIT $6"#,
@@ -374,7 +356,10 @@ async fn rollup_buckets(
         r.from,
         r.to,
         r.limit,
-        source.as_str()
+        source.as_str(),
+        edges.day,
+        edges.hour,
+        edges.minute
     )
     .fetch_all(conn)
     .await

@@ -256,6 +256,72 @@ async fn delete_device_removes_it() {
     assert_eq!(status, StatusCode::CREATED, "the external id is free again");
 }
 
+/// The rollup follower writes a device's rollup rows and then checks the device (a foreign key);
+/// a delete locks the device and then its rollup rows. Played out by hand here, the two deadlock
+/// and PostgreSQL aborts the delete (it waited first, so its check runs first): the API retries
+/// it and answers 204, never 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_deadlocks_with_the_rollup_follower_is_retried() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("t").await;
+    let (_, device) = app
+        .post(
+            &format!("/tenants/{tenant}/devices"),
+            json!({ "name": "d" }),
+        )
+        .await;
+    let device = id_of(&device);
+    sqlx::query(
+        "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+         VALUES ($1, 'm', TIMESTAMPTZ '2026-11-24 00:00:00+00', 1, 1, 1, 1, 1, TIMESTAMPTZ '2026-11-24 00:00:00+00', 1, TIMESTAMPTZ '2026-11-24 00:00:00+00')",
+    )
+    .bind(device)
+    .execute(&app.pool)
+    .await
+    .expect("a rollup row");
+    // As the follower: the rollup row first.
+    let mut follower = app.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM telemetry_rollup_1m WHERE device_id = $1 FOR UPDATE")
+        .bind(device)
+        .execute(&mut *follower)
+        .await
+        .expect("the rollup row");
+    let path = format!("/tenants/{tenant}/devices/{device}");
+    let delete = {
+        let request = gito_testkit::admin_client().delete(app.api.url(&path));
+        tokio::spawn(async move { request.send().await.expect("request sent").status() })
+    };
+    // The delete now holds the device and waits for the rollup row.
+    gito_testkit::wait_for(
+        std::time::Duration::from_secs(10),
+        "the delete waiting",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM devices%'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .expect("activity")
+                > 0
+        },
+    )
+    .await;
+    // Then the device, as the follower's foreign key check would.
+    sqlx::query("SELECT 1 FROM devices WHERE id = $1 FOR KEY SHARE")
+        .bind(device)
+        .execute(&mut *follower)
+        .await
+        .expect("the delete was the deadlock's victim, so this goes through");
+    follower.commit().await.expect("commit");
+    assert_eq!(delete.await.expect("task"), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get(&format!("/tenants/{tenant}/devices/{device}"))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
 #[tokio::test]
 async fn device_list_filters_by_type_string_type_id_unassigned_and_external_id() {
     let app = TestApp::spawn().await;

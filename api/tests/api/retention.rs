@@ -267,7 +267,8 @@ async fn retention_prunes_rollup_buckets_that_lie_wholly_before_the_cutoff_and_o
         .expect("follower lock");
     sqlx::query(
         "UPDATE telemetry_rollup_state SET cleanup_from = NULL,
-             invalidated_before = now() + interval '1 day', materialized_before = now() + interval '1 day'",
+             invalidated_before = t, materialized_before = t, hours_before = t, days_before = t
+         FROM (SELECT date_bin('1 day', now(), TIMESTAMPTZ '2000-01-01 00:00:00+00') + interval '1 day' AS t) tomorrow",
     )
     .execute(&mut *tx)
     .await

@@ -139,12 +139,13 @@ async fn catch_up(url: &str, until: OffsetDateTime) {
     pool.close().await;
 }
 
-/// Puts both follower edges at `at`, as if it had been there all along (tests start before the
+/// Puts every follower edge at `at` (the start of a day), as if it had been there all along (tests start before the
 /// stream's oldest sample, so that rows are rolled up by both ways: in turn and as late ones).
 async fn set_edges(conn: &mut PgConnection, at: OffsetDateTime) {
     sqlx::query(
         "UPDATE telemetry_rollup_state
-         SET invalidated_before = $1, materialized_before = $1, cleanup_from = NULL",
+         SET invalidated_before = $1, materialized_before = $1, hours_before = $1, days_before = $1,
+             cleanup_from = NULL",
     )
     .bind(at)
     .execute(conn)
@@ -333,8 +334,8 @@ async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer(
     let (_, points) = app.get(&path).await;
     assert_eq!(points["source"], "raw", "unbucketed answers are raw points");
 
-    // A late value the follower has not recomputed yet: the rollup serves the buckets before its
-    // minute, raw rows the rest, and the answer is still raw rows' answer.
+    // A late value the follower has not recomputed yet: the rollups serve the buckets before its
+    // minute, hour and day, finer pieces and raw rows the rest, and the answer is still raw rows'.
     let late = base() + time::Duration::hours(30) + time::Duration::seconds(17);
     store_all(
         &mut conn,
@@ -344,11 +345,14 @@ async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer(
         )],
     )
     .await;
-    let edge: OffsetDateTime = rollups::served_before(&mut conn, device)
+    let edges = rollups::edges(&mut conn, device)
         .await
-        .expect("edge")
+        .expect("edges")
         .expect("backfilled");
-    assert_eq!(edge, late - time::Duration::seconds(17), "the late minute");
+    let minute = late - time::Duration::seconds(17);
+    assert_eq!(edges.minute, minute, "the late minute");
+    assert_eq!(edges.hour, minute, "its hour (the minute starts one)");
+    assert_eq!(edges.day, base() + time::Duration::days(1), "its day");
     for query in ["bucket=1h", "bucket=1d", "bucket=15m&metric=t"] {
         let (_, answer) = app.get(&format!("{path}?{query}")).await;
         set_backfill(&mut conn, false).await;
@@ -366,12 +370,10 @@ async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer(
         );
     }
     catch_up(&app.db_url, OffsetDateTime::now_utc()).await;
-    let edge = rollups::served_before(&mut conn, device)
-        .await
-        .expect("edge");
+    let edges = rollups::edges(&mut conn, device).await.expect("edges");
     assert!(
-        edge > Some(late),
-        "recomputed: the rollups serve past it again"
+        edges.is_some_and(|e| e.day > late),
+        "recomputed: every rollup serves past it again"
     );
 }
 
