@@ -236,7 +236,7 @@ async fn ingest(devices: u64) -> anyhow::Result<(usize, f64, f64)> {
         .fetch_one(&mut conn)
         .await?;
     anyhow::ensure!(stored as usize == total, "merge stored {stored} of {total}");
-    let rolled: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM telemetry_rollup_1d")
+    let rolled: i64 = sqlx::query_scalar("SELECT sum(count)::bigint FROM telemetry_rollup_1m")
         .fetch_one(&mut conn)
         .await?;
     anyhow::ensure!(rolled as usize == total, "rolled up {rolled} of {total}");
