@@ -124,19 +124,6 @@ impl Source {
 /// 2000-01-01T00:00:00Z, the origin of every bucket (`date_bin`'s), in Unix seconds.
 const ORIGIN: i64 = 946_684_800;
 
-/// True when `device_id`'s rollups hold every one of its stored rows before
-/// `materialized_before`: the backfill is done or has passed the device.
-pub async fn complete_for(conn: &mut PgConnection, device_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT (done OR device_id <= after_device) IS TRUE AS "complete!"
-           FROM telemetry_rollup_backfill, (SELECT $1::uuid AS device_id) d"#,
-        device_id
-    )
-    .fetch_optional(conn)
-    .await
-    .map(|c| c.unwrap_or(false))
-}
-
 /// Where each rollup of a device stops answering: before `day`, days; from there to `hour`,
 /// hours; from there to `minute`, minutes; raw rows from `minute` on. Each is aligned to its
 /// width, and `day <= hour <= minute`.

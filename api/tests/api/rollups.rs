@@ -402,14 +402,16 @@ async fn the_backfill_rolls_up_rows_stored_before_014_with_merges_in_between() {
     let mut sorted = ids.clone();
     sorted.sort();
     assert!(
-        rollups::complete_for(&mut conn, sorted[0])
+        rollups::edges(&mut conn, sorted[0])
             .await
-            .expect("complete")
+            .expect("edges")
+            .is_some()
     );
     assert!(
-        !rollups::complete_for(&mut conn, sorted[1])
+        rollups::edges(&mut conn, sorted[1])
             .await
-            .expect("complete")
+            .expect("edges")
+            .is_none()
     );
     // Late values for a device already backfilled and for one not yet, and a redelivery of old rows.
     let late = |device, minutes| {
@@ -434,9 +436,10 @@ async fn the_backfill_rolls_up_rows_stored_before_014_with_merges_in_between() {
         .expect("follower");
     for id in &ids {
         assert!(
-            rollups::complete_for(&mut conn, *id)
+            rollups::edges(&mut conn, *id)
                 .await
-                .expect("complete")
+                .expect("edges")
+                .is_some()
         );
     }
     assert_rollups_exact(&mut conn).await;
