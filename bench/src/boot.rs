@@ -122,13 +122,36 @@ impl Alembic {
                 .trim_end_matches(".up.sql")
                 .to_owned();
             let revision = stem[..3].to_owned();
+            let sql = std::fs::read_to_string(&file)?;
+            // A `-- gito: no-transaction` migration runs statement by statement outside a
+            // transaction (CREATE INDEX CONCURRENTLY refuses one), as gito's runner does it:
+            // alembic's `autocommit_block`, the statements split by gito's own parser.
+            let upgrade = if sql.starts_with("-- gito: no-transaction") {
+                let statements: Vec<String> = gito_api::migrate::sql::parse(&sql)
+                    .statements
+                    .into_iter()
+                    .map(|s| s.text)
+                    .collect();
+                let listed = dir.join("versions").join(format!("{stem}.json"));
+                std::fs::write(&listed, serde_json::to_string(&statements)?)?;
+                format!(
+                    "    import json\n    with op.get_context().autocommit_block():\n        \
+                     for statement in json.load(open({listed:?})):\n            \
+                     op.get_bind().connection.cursor().execute(statement)\n",
+                    listed = listed.display().to_string()
+                )
+            } else {
+                format!(
+                    "    op.get_bind().connection.cursor().execute(open({path:?}).read())\n",
+                    path = file.canonicalize()?.display().to_string()
+                )
+            };
             std::fs::write(
                 dir.join("versions").join(format!("{stem}.py")),
                 format!(
                     "from alembic import op\nrevision = '{revision}'\ndown_revision = {previous}\nbranch_labels = None\ndepends_on = None\n\n\
-                     def upgrade():\n    op.get_bind().connection.cursor().execute(open({path:?}).read())\n\n\
-                     def downgrade():\n    pass\n",
-                    path = file.canonicalize()?.display().to_string()
+                     def upgrade():\n{upgrade}\n\
+                     def downgrade():\n    pass\n"
                 ),
             )?;
             previous = format!("'{revision}'");
