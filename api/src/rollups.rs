@@ -294,7 +294,8 @@ impl Progress {
 }
 
 /// One follower step: moves `invalidated_before` up to the minute of `until` (never back), rolls
-/// up at most `SPAN` of raw rows from `materialized_before` on, and recomputes at most
+/// up at most `SPAN` of raw rows from `materialized_before` on, then the hours and days that are
+/// complete behind it (at most `HOURS_SPAN` and `DAYS_SPAN`), and recomputes at most
 /// `RECOMPUTE_PER_STEP` logged minutes before it. Safe with many replicas (`FOLLOWER`) and across
 /// crashes at any point: the edges commit with the rollups they describe, and a recompute is
 /// idempotent.
