@@ -36,6 +36,19 @@ pub fn describe() {
         "gito_retention_partitions_dropped_total",
         "Telemetry partitions dropped because every tenant's data in them expired"
     );
+    describe_gauge!(
+        "gito_rollup_behind_seconds",
+        Unit::Seconds,
+        "How far behind now the rollup follower's minute edge was after its last step (GITO_ROLLUP_LAG plus up to a minute when it keeps up)"
+    );
+    describe_counter!(
+        "gito_rollup_minutes_total",
+        "Minutes of raw telemetry the rollup follower rolled up"
+    );
+    describe_counter!(
+        "gito_rollup_late_minutes_total",
+        "Minutes the rollup follower recomputed because late samples arrived in them"
+    );
     describe_counter!(
         "gito_processor_rows_stored_total",
         "Telemetry rows inserted"

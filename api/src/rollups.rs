@@ -24,6 +24,12 @@
 //!
 //! Rows stored before migration 014 are rolled up by `backfill_step`, device by device, and a
 //! query uses a rollup for a device only once the backfill has passed it.
+//!
+//! First and last values are taken without a sort: `min(ARRAY[t, value])[2]` over the rows of a
+//! bucket, `t` being the sample's seconds from the bucket's start (a float8, exact to the microsecond for
+//! any bucket under 136 years; a device has one sample per metric and instant). PostgreSQL 15
+//! sorts every group on its own for `array_agg(value ORDER BY ts)`; that sort was ⅓ of a minute's
+//! aggregate and half of a month-long hourly query (docs/ARCHITECTURE.md, "Rollups").
 
 use std::time::Duration;
 
@@ -34,6 +40,8 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+use crate::status::{self, Health};
 
 /// Held shared by every merge (`processor::store`), from before it reads `invalidated_before`
 /// until it commits, and exclusively by the follower for the instant it moves that edge.
@@ -231,7 +239,8 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
         "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                 count(*), min(value), max(value), sum(value),
-                (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
+                (min(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], min(ts),
+                (max(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], max(ts)
          FROM telemetry WHERE device_id = ANY($1) AND ts < $2 AND value IS NOT NULL
          GROUP BY 1, 2, 3",
         &ids,
@@ -243,8 +252,8 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
         "INSERT INTO telemetry_rollup_1h (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                 sum(count), min(min), max(max), sum(sum),
-                (array_agg(first ORDER BY first_ts))[1], min(first_ts),
-                (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+                (min(ARRAY[date_part('epoch', first_ts - date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
+                (max(ARRAY[date_part('epoch', last_ts - date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
          FROM telemetry_rollup_1m WHERE device_id = ANY($1)
          GROUP BY 1, 2, 3",
         &ids
@@ -255,8 +264,8 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
         "INSERT INTO telemetry_rollup_1d (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                 sum(count), min(min), max(max), sum(sum),
-                (array_agg(first ORDER BY first_ts))[1], min(first_ts),
-                (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+                (min(ARRAY[date_part('epoch', first_ts - date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
+                (max(ARRAY[date_part('epoch', last_ts - date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
          FROM telemetry_rollup_1h WHERE device_id = ANY($1)
          GROUP BY 1, 2, 3",
         &ids
@@ -276,6 +285,9 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
 /// What one follower step did; all zero when it found nothing to do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
+    /// `materialized_before` after the step (`None` for the one-time cleanup step): every minute
+    /// before it is rolled up.
+    pub edge: Option<OffsetDateTime>,
     /// Minutes of raw rows rolled up (the span `materialized_before` moved).
     pub minutes: i64,
     /// Hours and days rolled up from their minutes and hours.
@@ -289,7 +301,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn is_idle(&self) -> bool {
-        *self == Progress::default()
+        self.minutes == 0
+            && self.hours == 0
+            && self.days == 0
+            && self.recomputed == 0
+            && !self.cleaned
     }
 }
 
@@ -375,6 +391,7 @@ pub async fn follow_step(pool: &PgPool, until: OffsetDateTime) -> Result<Progres
     }
     progress.recomputed = recompute(&mut tx).await?;
     tx.commit().await?;
+    progress.edge = Some(minutes);
     Ok(progress)
 }
 
@@ -384,6 +401,7 @@ pub async fn catch_up(pool: &PgPool, until: OffsetDateTime) -> Result<Progress, 
     let mut total = Progress::default();
     loop {
         let step = follow_step(pool, until).await?;
+        total.edge = step.edge.or(total.edge);
         if step.is_idle() {
             return Ok(total);
         }
@@ -453,7 +471,8 @@ async fn materialize(
            INSERT INTO telemetry_rollup_1m AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
            SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                   count(*), min(value), max(value), sum(value),
-                  (array_agg(value ORDER BY ts))[1], min(ts), (array_agg(value ORDER BY ts DESC))[1], max(ts)
+                  (min(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], min(ts),
+                  (max(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], max(ts)
            FROM telemetry WHERE ts >= $1 AND ts < $2 AND value IS NOT NULL
            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
            ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
@@ -481,8 +500,8 @@ async fn roll_hours(
            INSERT INTO telemetry_rollup_1h AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
            SELECT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                   sum(count), min(min), max(max), sum(sum),
-                  (array_agg(first ORDER BY first_ts))[1], min(first_ts),
-                  (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+                  (min(ARRAY[date_part('epoch', first_ts - date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
+                  (max(ARRAY[date_part('epoch', last_ts - date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
            FROM telemetry_rollup_1m WHERE bucket >= $1 AND bucket < $2
            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
            ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
@@ -509,8 +528,8 @@ async fn roll_days(
            INSERT INTO telemetry_rollup_1d AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
            SELECT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                   sum(count), min(min), max(max), sum(sum),
-                  (array_agg(first ORDER BY first_ts))[1], min(first_ts),
-                  (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+                  (min(ARRAY[date_part('epoch', first_ts - date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
+                  (max(ARRAY[date_part('epoch', last_ts - date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
            FROM telemetry_rollup_1h WHERE bucket >= $1 AND bucket < $2
            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
            ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
@@ -571,7 +590,8 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     sqlx::query!(
         "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT t.device_id, t.metric, k.bucket, count(*), min(t.value), max(t.value), sum(t.value),
-                (array_agg(t.value ORDER BY t.ts))[1], min(t.ts), (array_agg(t.value ORDER BY t.ts DESC))[1], max(t.ts)
+                (min(ARRAY[date_part('epoch', t.ts - k.bucket), t.value]))[2], min(t.ts),
+                (max(ARRAY[date_part('epoch', t.ts - k.bucket), t.value]))[2], max(t.ts)
          FROM (SELECT DISTINCT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[])) AS k(device_id, metric, bucket)
          JOIN telemetry t ON t.device_id = k.device_id AND t.metric = k.metric
                          AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute'
@@ -598,8 +618,8 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     sqlx::query!(
         "INSERT INTO telemetry_rollup_1h (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT r.device_id, r.metric, k.hour, sum(r.count), min(r.min), max(r.max), sum(r.sum),
-                (array_agg(r.first ORDER BY r.first_ts))[1], min(r.first_ts),
-                (array_agg(r.last ORDER BY r.last_ts DESC))[1], max(r.last_ts)
+                (min(ARRAY[date_part('epoch', r.first_ts - k.hour), r.first]))[2], min(r.first_ts),
+                (max(ARRAY[date_part('epoch', r.last_ts - k.hour), r.last]))[2], max(r.last_ts)
          FROM (SELECT DISTINCT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour
                FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(device_id, metric, bucket)) k
          JOIN telemetry_rollup_1m r ON r.device_id = k.device_id AND r.metric = k.metric
@@ -627,8 +647,8 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     sqlx::query!(
         "INSERT INTO telemetry_rollup_1d (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT r.device_id, r.metric, k.day, sum(r.count), min(r.min), max(r.max), sum(r.sum),
-                (array_agg(r.first ORDER BY r.first_ts))[1], min(r.first_ts),
-                (array_agg(r.last ORDER BY r.last_ts DESC))[1], max(r.last_ts)
+                (min(ARRAY[date_part('epoch', r.first_ts - k.day), r.first]))[2], min(r.first_ts),
+                (max(ARRAY[date_part('epoch', r.last_ts - k.day), r.last]))[2], max(r.last_ts)
          FROM (SELECT DISTINCT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS day
                FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(device_id, metric, bucket)) k
          JOIN telemetry_rollup_1h r ON r.device_id = k.device_id AND r.metric = k.metric
@@ -645,9 +665,16 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
 }
 
 /// The rollup task of every `gito-api serve` (supervised): the backfill of rows stored before
-/// 014, then the follower, `lag` behind now, until `stop`. Failures are logged and retried with
-/// backoff: the database may be away for a while.
-pub async fn run(pool: PgPool, lag: Duration, stop: CancellationToken) -> anyhow::Result<()> {
+/// 014, then the follower, `lag` behind now, until `stop`. Failures are logged, reported as
+/// `rollups` degraded in `/status`, and retried with backoff: the database may be away for a
+/// while. Each follower step exports how far behind now its minute edge is
+/// (`gito_rollup_behind_seconds`) and what it rolled up.
+pub async fn run(
+    pool: PgPool,
+    lag: Duration,
+    health: Health,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut rolled = 0;
     let mut backfilled = false;
@@ -658,7 +685,10 @@ pub async fn run(pool: PgPool, lag: Duration, stop: CancellationToken) -> anyhow
         let outcome = if backfilled {
             follow_step(&pool, OffsetDateTime::now_utc() - lag)
                 .await
-                .map(|p| p.is_idle())
+                .map(|progress| {
+                    record(&progress);
+                    progress.is_idle()
+                })
         } else {
             backfill_step(&pool, DEVICES_PER_STEP)
                 .await
@@ -681,11 +711,13 @@ pub async fn run(pool: PgPool, lag: Duration, stop: CancellationToken) -> anyhow
         };
         let pause = match outcome {
             Ok(idle) => {
+                health.up(status::ROLLUPS);
                 backoff.reset();
                 if idle { POLL } else { Duration::ZERO }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "rollup step failed; retrying");
+                health.degraded(status::ROLLUPS, &e);
                 backoff.next_delay()
             }
         };
@@ -694,6 +726,16 @@ pub async fn run(pool: PgPool, lag: Duration, stop: CancellationToken) -> anyhow
             () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// Exports what a follower step did and where its minute edge stands.
+fn record(progress: &Progress) {
+    if let Some(edge) = progress.edge {
+        let behind = (OffsetDateTime::now_utc() - edge).as_seconds_f64().max(0.0);
+        metrics::gauge!("gito_rollup_behind_seconds").set(behind);
+    }
+    metrics::counter!("gito_rollup_minutes_total").increment(progress.minutes.max(0) as u64);
+    metrics::counter!("gito_rollup_late_minutes_total").increment(progress.recomputed);
 }
 
 #[cfg(test)]

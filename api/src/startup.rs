@@ -164,7 +164,7 @@ impl Server {
             request_timeout: config.request_timeout,
         };
         let tokens = Arc::new(TokenCache::default());
-        let mut components = vec![status::DATABASE, status::TOKEN_LISTENER];
+        let mut components = vec![status::DATABASE, status::ROLLUPS, status::TOKEN_LISTENER];
         if config.processor || config.live {
             components.push(status::BROKER);
         }
@@ -256,7 +256,8 @@ impl Server {
             tasks.spawn("partitions", |stop| {
                 partitions::run(storage, pool.clone(), stop)
             });
-            tasks.spawn("rollups", move |stop| rollups::run(pool, lag, stop));
+            let health = health.clone();
+            tasks.spawn("rollups", move |stop| rollups::run(pool, lag, health, stop));
         }
         tasks.spawn("token_listener", |stop| {
             token_cache::listen(tokens, listener_options, pool, health, stop)

@@ -17,6 +17,7 @@ pub const BROKER: &str = "broker";
 pub const PROCESSOR: &str = "processor";
 pub const LIVE: &str = "live";
 pub const TOKEN_LISTENER: &str = "token_listener";
+pub const ROLLUPS: &str = "rollups";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -29,7 +30,7 @@ pub enum State {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Component {
-    /// `database`, `broker`, `processor`, `live` or `token_listener`.
+    /// `database`, `broker`, `processor`, `live`, `rollups` or `token_listener`.
     pub name: &'static str,
     pub state: State,
     /// When it entered this state (RFC 3339).

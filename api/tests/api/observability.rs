@@ -368,7 +368,7 @@ async fn metrics_and_status_answer_the_admin_only() {
         .map(|c| c["name"].as_str().expect("name"))
         .collect();
     // Processor and live are off in this API: not listed.
-    assert_eq!(names, ["database", "token_listener"]);
+    assert_eq!(names, ["database", "rollups", "token_listener"]);
     let database = &body["components"][0];
     assert_eq!(database["state"], "up");
     assert!(database["since"].as_str().is_some());
@@ -415,7 +415,14 @@ async fn status_reports_the_broker_down_within_five_seconds_of_its_stop_and_up_w
         .collect();
     assert_eq!(
         names,
-        ["broker", "database", "live", "processor", "token_listener"]
+        [
+            "broker",
+            "database",
+            "live",
+            "processor",
+            "rollups",
+            "token_listener"
+        ]
     );
     assert_eq!(body["processor"]["last_commit_at"], Value::Null);
 
@@ -500,5 +507,66 @@ async fn status_tells_of_a_lost_token_listener_with_its_error_once_it_is_back() 
             now["state"] == "up" && now["last_error"].is_string() && now["since"] != first["since"]
         },
     )
+    .await;
+}
+
+/// The rollup follower of every `gito-api serve`: `rollups` in `/status`, how far behind now its
+/// minute edge is and the minutes it rolled up in `/metrics`; a step that fails makes it
+/// `degraded` with the error, and the next one that succeeds `up` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollup_follower_reports_how_far_behind_it_is_and_its_failures() {
+    let db = TestDb::migrated().await;
+    let mut command = gito_api(&db.url, &["serve"]);
+    command.env("GITO_PROCESSOR", "off").env("GITO_LIVE", "off");
+    let mut api = ApiProcess::start(command);
+    let addr = api.wait_ready(DEADLINE).await;
+    let rollups = || async move {
+        let body: Value = gito_testkit::admin_client()
+            .get(format!("http://{addr}/status"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        component(&body, "rollups").clone()
+    };
+    // 015 put the edges at the start of the day it ran: the follower crosses the empty hours
+    // since then and stays GITO_ROLLUP_LAG (1 minute) plus at most a minute behind now.
+    wait_for(DEADLINE, "the follower up and caught up", || async {
+        let scrape = scrape(addr).await;
+        rollups().await["state"] == "up"
+            && scrape.series().contains("gito_rollup_behind_seconds[]")
+            && (60.0..150.0).contains(&scrape.value("gito_rollup_behind_seconds", &[]))
+            && scrape.value("gito_rollup_minutes_total", &[]) > 0.0
+    })
+    .await;
+
+    let mut conn = db.connect().await;
+    sqlx::query("ALTER TABLE telemetry_rollup_state RENAME TO telemetry_rollup_state_away")
+        .execute(&mut conn)
+        .await
+        .expect("rename");
+    wait_for(DEADLINE, "the failing steps reported", || async {
+        let now = rollups().await;
+        now["state"] == "degraded"
+            && now["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("telemetry_rollup_state"))
+    })
+    .await;
+    assert_eq!(
+        scrape(addr)
+            .await
+            .value("gito_component_up", &[("component", "rollups")]),
+        0.0
+    );
+    sqlx::query("ALTER TABLE telemetry_rollup_state_away RENAME TO telemetry_rollup_state")
+        .execute(&mut conn)
+        .await
+        .expect("rename back");
+    wait_for(DEADLINE, "the follower up again", || async {
+        rollups().await["state"] == "up"
+    })
     .await;
 }

@@ -377,6 +377,63 @@ async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer(
     );
 }
 
+/// First and last are told apart by a microsecond at the edges of a minute, an hour and a day,
+/// the earlier value being the larger or the smaller one: in the rollups (against raw rows'
+/// `array_agg ... ORDER BY ts`) and in the answers from each source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_and_last_are_told_apart_by_a_microsecond() {
+    let app = TestApp::spawn().await;
+    let mut conn = PgConnection::connect(&app.db_url).await.expect("connect");
+    let ids = devices(&mut conn, 1).await;
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenant_id FROM devices WHERE id = $1")
+        .bind(ids[0])
+        .fetch_one(&mut conn)
+        .await
+        .expect("tenant");
+    let us = time::Duration::microseconds;
+    let day = base();
+    let samples = [
+        (day, 5.0),
+        (day + us(1), -5.0),
+        (day + time::Duration::minutes(1) - us(1), 4.0),
+        (day + time::Duration::hours(1) - us(1), -4.0),
+        (day + time::Duration::days(1) - us(2), 10.0),
+        (day + time::Duration::days(1) - us(1), 9.0),
+    ];
+    let messages: Vec<(Uuid, Envelope)> = samples
+        .iter()
+        .map(|(ts, v)| (ids[0], envelope(*ts, &[("t", MetricValue::Number(*v))])))
+        .collect();
+    set_edges(&mut conn, day).await;
+    store_all(&mut conn, &messages).await;
+    catch_up(&app.db_url, OffsetDateTime::now_utc()).await;
+    assert_rollups_exact(&mut conn).await;
+
+    let path = format!("/tenants/{tenant}/devices/{}/telemetry", ids[0]);
+    let window = "from=2026-11-24T00:00:00Z&to=2026-11-25T00:00:00Z";
+    // (bucket, its source, first and last of the bucket that starts the day)
+    for (bucket, source, first, last) in [
+        ("1d", "1d", 5.0, 9.0),
+        ("1h", "1h", 5.0, -4.0),
+        ("1m", "1m", 5.0, 4.0),
+        ("30s", "raw", 5.0, -5.0),
+    ] {
+        let (status, answer) = app
+            .get(&format!("{path}?bucket={bucket}&{window}&limit=10000"))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["source"], source, "bucket={bucket}");
+        let items = answer["items"].as_array().expect("items");
+        let start = items.last().expect("the day's first bucket");
+        assert_eq!(start["bucket"], "2026-11-24T00:00:00Z", "bucket={bucket}");
+        assert_eq!(
+            (start["first"].as_f64(), start["last"].as_f64()),
+            (Some(first), Some(last)),
+            "bucket={bucket}: {start}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backfill_rolls_up_rows_stored_before_014_with_merges_in_between() {
     let db = TestDb::migrated().await;
