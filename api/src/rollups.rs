@@ -25,11 +25,12 @@
 //! Rows stored before migration 014 are rolled up by `backfill_step`, device by device, and a
 //! query uses a rollup for a device only once the backfill has passed it.
 //!
-//! First and last values are taken without a sort: `min(ARRAY[t, value])[2]` over the rows of a
-//! bucket, `t` being the sample's seconds from the bucket's start (a float8, exact to the microsecond for
-//! any bucket under 136 years; a device has one sample per metric and instant). PostgreSQL 15
-//! sorts every group on its own for `array_agg(value ORDER BY ts)`; that sort was ⅓ of a minute's
-//! aggregate and half of a month-long hourly query (docs/ARCHITECTURE.md, "Rollups").
+//! First and last values are taken without a sort: `min(ARRAY[s, value])[2]` over the rows of a
+//! bucket (`max` for the last), `s` being the sample's seconds from the bucket's start as a float8,
+//! exact to the microsecond for any bucket under 136 years (a device has one sample per metric
+//! and instant). PostgreSQL 15 sorts every group on its own for `array_agg(value ORDER BY ts)`:
+//! about a third of a minute's aggregate and of a month-long hourly query (docs/ARCHITECTURE.md,
+//! "Rollups").
 
 use std::time::Duration;
 

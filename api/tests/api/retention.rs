@@ -233,14 +233,21 @@ async fn the_deployment_default_applies_to_tenants_without_their_own() {
     );
 }
 
-/// Rollup rows of `device`, one per bucket of `table`, for the last 60 days.
-async fn rollups_for_60_days(pool: &PgPool, table: &str, width: &str, device: Uuid) {
+/// Rollup rows of `device`, one per bucket of `table`, for the 60 days before `now`.
+async fn rollups_for_60_days(
+    pool: &PgPool,
+    table: &str,
+    width: &str,
+    device: Uuid,
+    now: OffsetDateTime,
+) {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {table} (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT $1, 'm', b, 1, 1, 1, 1, 1, b, 1, b
-         FROM generate_series(date_trunc('{width}', now()) - INTERVAL '60 days', now(), INTERVAL '1 {width}') b"
+         FROM generate_series(date_trunc('{width}', $2::timestamptz) - INTERVAL '60 days', $2, INTERVAL '1 {width}') b"
     )))
     .bind(device)
+    .bind(now)
     .execute(pool)
     .await
     .expect("rollups");
@@ -283,7 +290,7 @@ async fn retention_prunes_rollup_buckets_that_lie_wholly_before_the_cutoff_and_o
     ];
     for (table, width) in tables {
         for device in [s, f] {
-            rollups_for_60_days(pool, table, width, device).await;
+            rollups_for_60_days(pool, table, width, device, now).await;
         }
     }
     let count = |table: &'static str, device: Uuid| async move {
@@ -306,12 +313,14 @@ async fn retention_prunes_rollup_buckets_that_lie_wholly_before_the_cutoff_and_o
         .expect("retention");
     let cutoff = now - time::Duration::days(10);
     for ((table, width), kept_by_forever) in tables.into_iter().zip(before) {
-        // What must stay: every bucket that ends after the cutoff.
+        // What must stay: every bucket that ends after the cutoff (the same `now` as the rows':
+        // a minute may have begun since).
         let expected: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM generate_series(date_trunc('{width}', now()) - INTERVAL '60 days', now(), INTERVAL '1 {width}') b
+            "SELECT count(*) FROM generate_series(date_trunc('{width}', $2::timestamptz) - INTERVAL '60 days', $2, INTERVAL '1 {width}') b
              WHERE b + INTERVAL '1 {width}' > $1"
         )))
         .bind(cutoff)
+        .bind(now)
         .fetch_one(pool)
         .await
         .expect("expected");
