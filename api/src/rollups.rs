@@ -106,6 +106,15 @@ impl Source {
         }
     }
 
+    /// The next finer source: hours under days, minutes under hours, raw rows under minutes.
+    pub fn finer(self) -> Source {
+        match self {
+            Source::Day => Source::Hour,
+            Source::Hour => Source::Minute,
+            Source::Minute | Source::Raw => Source::Raw,
+        }
+    }
+
     /// The coarsest rollup that answers buckets of `bucket_secs` over `[from, to)` exactly: its
     /// width divides the bucket width (buckets share the origin 2000-01-01T00:00:00Z, so each
     /// query bucket is a union of rollup buckets) and the bounds lie on its bucket edges (so the
@@ -141,6 +150,18 @@ pub struct Edges {
     pub day: OffsetDateTime,
     pub hour: OffsetDateTime,
     pub minute: OffsetDateTime,
+}
+
+impl Edges {
+    /// Where `source` stops answering (`None` for raw rows, which answer everything).
+    pub fn of(self, source: Source) -> Option<OffsetDateTime> {
+        match source {
+            Source::Day => Some(self.day),
+            Source::Hour => Some(self.hour),
+            Source::Minute => Some(self.minute),
+            Source::Raw => None,
+        }
+    }
 }
 
 /// `device_id`'s edges: where the follower stands, or earlier when one of the device's minutes

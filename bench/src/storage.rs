@@ -324,14 +324,29 @@ async fn query(
     let stack::Tenant { id: tenant, token } = stack::create_tenant(&api.url).await?;
     tenant_with_devices(&mut conn, tenant, devices).await?;
 
-    // The samples: evenly over SPAN_DAYS ending now, loaded 50 devices per statement.
+    // The samples: evenly over SPAN_DAYS ending now, loaded 50 devices per statement, and the
+    // rollups of those devices built after each load as the follower would have built them: 1m
+    // from raw, 1h from 1m, 1d from 1h (their equality with raw aggregates is
+    // api/tests/api/rollups.rs's business). Built a few devices at a time and in key order, so
+    // that each build sorts in memory and appends to the rollups' indexes: the 1m rollup holds as
+    // many rows as raw here (one sample per minute at most), and one aggregate of all of them
+    // inserted in hash order spent over 12 minutes on random index pages.
     let step_secs = (SPAN_DAYS * 86_400) as f64 / samples as f64;
     let first = now - time::Duration::days(SPAN_DAYS);
-    let started = Instant::now();
     let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM devices ORDER BY id")
         .fetch_all(&mut conn)
         .await?;
+    // Sorted, not hashed: the planner guesses some 180,000 distinct minutes in 5 million rows
+    // (one each), and its hash aggregate then spills (34 s for a chunk against 15 s sorted).
+    sqlx::query("SET work_mem = '512MB'")
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("SET enable_hashagg = off")
+        .execute(&mut conn)
+        .await?;
+    let (mut load_time, mut rollup_time) = (Duration::ZERO, Duration::ZERO);
     for chunk in ids.chunks(50) {
+        let started = Instant::now();
         sqlx::query(
             "INSERT INTO telemetry (device_id, ts, metric, value)
              SELECT d, $2 + make_interval(secs => i * $3), 'm' || m, (i % 1000) / 10.0 + m
@@ -344,36 +359,22 @@ async fn query(
         .bind(samples as i64)
         .execute(&mut conn)
         .await?;
+        load_time += started.elapsed();
+        let started = Instant::now();
+        build_rollups(&mut conn, chunk).await?;
+        rollup_time += started.elapsed();
     }
     let loaded_rows = devices * metrics * samples;
-    let load_rows_per_sec = loaded_rows as f64 / started.elapsed().as_secs_f64();
-    eprintln!("storage: {loaded_rows} rows loaded");
-    // The rollups as the follower would have built them: 1m from raw, 1h from 1m, 1d from 1h (their equality with raw aggregates is api/tests/api/rollups.rs's business).
-    sqlx::query(
-        "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
-         SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
-                count(*), min(value), max(value), sum(value),
-                (min(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], min(ts),
-                (max(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], max(ts)
-         FROM telemetry WHERE value IS NOT NULL GROUP BY 1, 2, 3",
-    )
-    .execute(&mut conn)
-    .await?;
-    for (to, from, width) in [
-        ("telemetry_rollup_1h", "telemetry_rollup_1m", "1 hour"),
-        ("telemetry_rollup_1d", "telemetry_rollup_1h", "1 day"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {to} (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
-             SELECT device_id, metric, date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
-                    sum(count), min(min), max(max), sum(sum),
-                    (min(ARRAY[date_part('epoch', first_ts - date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
-                    (max(ARRAY[date_part('epoch', last_ts - date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
-             FROM {from} GROUP BY 1, 2, 3"
-        )))
+    let load_rows_per_sec = loaded_rows as f64 / load_time.as_secs_f64();
+    eprintln!(
+        "storage: {loaded_rows} rows loaded in {:.0} s, rolled up in {:.0} s",
+        load_time.as_secs_f64(),
+        rollup_time.as_secs_f64()
+    );
+    sqlx::query("RESET work_mem").execute(&mut conn).await?;
+    sqlx::query("RESET enable_hashagg")
         .execute(&mut conn)
         .await?;
-    }
     // As autovacuum leaves a table between its rounds: pages marked all-visible, so that covering
     // indexes (017) answer from the index alone; raw rows are read the same way as ever.
     sqlx::query("VACUUM ANALYZE").execute(&mut conn).await?;
@@ -458,6 +459,40 @@ async fn query(
         drop_ms,
         dropped_mib: bytes as f64 / (1024.0 * 1024.0),
     })
+}
+
+/// The 1m, 1h and 1d rollups of `devices`, from their raw rows, in key order.
+async fn build_rollups(conn: &mut PgConnection, devices: &[Uuid]) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+         SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                count(*), min(value), max(value), sum(value),
+                (min(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], min(ts),
+                (max(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], max(ts)
+         FROM telemetry WHERE device_id = ANY($1) AND value IS NOT NULL
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )
+    .bind(devices)
+    .execute(&mut *conn)
+    .await?;
+    for (to, from, width) in [
+        ("telemetry_rollup_1h", "telemetry_rollup_1m", "1 hour"),
+        ("telemetry_rollup_1d", "telemetry_rollup_1h", "1 day"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {to} (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+             SELECT device_id, metric, date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
+                    sum(count), min(min), max(max), sum(sum),
+                    (min(ARRAY[date_part('epoch', first_ts - date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
+                    (max(ARRAY[date_part('epoch', last_ts - date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
+             FROM {from} WHERE device_id = ANY($1)
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )))
+        .bind(devices)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 fn percentile(samples: &mut [Duration], q: f64) -> f64 {

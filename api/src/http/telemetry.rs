@@ -244,6 +244,10 @@ async fn query(
             _ => rollups::edges(&mut conn, device_id).await?,
         };
         let (source, items) = match edges {
+            Some(edges) if source.secs() == Some(secs) => (
+                source,
+                same_width_buckets(&mut conn, source, edges, &range).await?,
+            ),
             Some(edges) => (
                 source,
                 rollup_buckets(&mut conn, secs, source, edges, &range).await?,
@@ -365,6 +369,63 @@ async fn rollup_buckets(
     )
     .fetch_all(conn)
     .await
+}
+
+/// Buckets as wide as the rollup `source`'s: before its edge each of its rows is one bucket, read
+/// as it is (a month of hours is an index-only range scan, no regrouping); after the edge, the
+/// next finer source combines the rest (`rollup_buckets`, or raw rows under minutes). The edge
+/// lies on the source's bucket edges, so no bucket has parts on both sides.
+async fn same_width_buckets(
+    conn: &mut PgConnection,
+    source: Source,
+    edges: rollups::Edges,
+    r: &Range,
+) -> Result<Vec<Bucket>, sqlx::Error> {
+    let secs = source.secs().expect("a rollup");
+    let edge = edges.of(source).expect("a rollup");
+    let mut items = Vec::new();
+    if r.to.is_none_or(|to| to > edge) {
+        let after = Range {
+            from: Some(r.from.map_or(edge, |from| from.max(edge))),
+            metric: r.metric.clone(),
+            ..*r
+        };
+        items = match source.finer() {
+            Source::Raw => raw_buckets(conn, secs, &after).await?,
+            finer => rollup_buckets(conn, secs, finer, edges, &after).await?,
+        };
+    }
+    let left = r.limit - items.len() as i64;
+    if left > 0 {
+        let before = r.to.map_or(edge, |to| to.min(edge));
+        items.extend(
+            sqlx::query_as!(
+                Bucket,
+                r#"SELECT bucket AS "bucket!", metric AS "metric!", sum / count::float8 AS "avg?",
+                          min AS "min?", max AS "max?", count AS "count!", first AS "first?", last AS "last?"
+                   FROM (SELECT metric, bucket, count, min, max, sum, first, last
+                         FROM telemetry_rollup_1d WHERE $2 = '1d' AND device_id = $1
+                         UNION ALL
+                         SELECT metric, bucket, count, min, max, sum, first, last
+                         FROM telemetry_rollup_1h WHERE $2 = '1h' AND device_id = $1
+                         UNION ALL
+                         SELECT metric, bucket, count, min, max, sum, first, last
+                         FROM telemetry_rollup_1m WHERE $2 = '1m' AND device_id = $1) r
+                   WHERE ($3::text IS NULL OR metric = $3)
+                     AND ($4::timestamptz IS NULL OR bucket >= $4) AND bucket < $5
+                   ORDER BY bucket DESC, metric LIMIT $6"#,
+                r.device_id,
+                source.as_str(),
+                r.metric,
+                r.from,
+                before,
+                left
+            )
+            .fetch_all(conn)
+            .await?,
+        );
+    }
+    Ok(items)
 }
 
 /// Booleans and text keep their JSON form; numbers are in `value`.
