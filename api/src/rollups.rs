@@ -25,10 +25,11 @@
 //! Rows stored before migration 014 are rolled up by `backfill_step`, device by device, and a
 //! query uses a rollup for a device only once the backfill has passed it.
 //!
-//! First and last values are taken without a sort: `min(ARRAY[s, value])[2]` over the rows of a
-//! bucket (`max` for the last), `s` being the sample's seconds from the bucket's start as a float8,
-//! exact to the microsecond for any bucket under 136 years (a device has one sample per metric
-//! and instant). PostgreSQL 15 sorts every group on its own for `array_agg(value ORDER BY ts)`:
+//! First and last values are taken without a sort: `min(first_last_key(ts, bucket, value))[2]`
+//! over the rows of a bucket (`max` for the last), the key being `[s, value]` with `s` the
+//! sample's seconds from the bucket's start as a float8 (migration 018 defines it, once, as an SQL
+//! function the planner inlines), exact to the microsecond for any bucket under 136 years (a
+//! device has one sample per metric and instant). PostgreSQL 15 sorts every group on its own for `array_agg(value ORDER BY ts)`:
 //! about a third of a minute's aggregate and of a month-long hourly query (docs/ARCHITECTURE.md,
 //! "Rollups").
 
@@ -261,8 +262,8 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
         "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                 count(*), min(value), max(value), sum(value),
-                (min(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], min(ts),
-                (max(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], max(ts)
+                (min(first_last_key(ts, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'), value)))[2], min(ts),
+                (max(first_last_key(ts, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'), value)))[2], max(ts)
          FROM telemetry WHERE device_id = ANY($1) AND ts < $2 AND value IS NOT NULL
          GROUP BY 1, 2, 3",
         &ids,
@@ -274,8 +275,8 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
         "INSERT INTO telemetry_rollup_1h (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                 sum(count), min(min), max(max), sum(sum),
-                (min(ARRAY[date_part('epoch', first_ts - date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
-                (max(ARRAY[date_part('epoch', last_ts - date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
+                (min(first_last_key(first_ts, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), first)))[2], min(first_ts),
+                (max(first_last_key(last_ts, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), last)))[2], max(last_ts)
          FROM telemetry_rollup_1m WHERE device_id = ANY($1)
          GROUP BY 1, 2, 3",
         &ids
@@ -286,8 +287,8 @@ pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Er
         "INSERT INTO telemetry_rollup_1d (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                 sum(count), min(min), max(max), sum(sum),
-                (min(ARRAY[date_part('epoch', first_ts - date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
-                (max(ARRAY[date_part('epoch', last_ts - date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
+                (min(first_last_key(first_ts, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), first)))[2], min(first_ts),
+                (max(first_last_key(last_ts, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), last)))[2], max(last_ts)
          FROM telemetry_rollup_1h WHERE device_id = ANY($1)
          GROUP BY 1, 2, 3",
         &ids
@@ -493,8 +494,8 @@ async fn materialize(
            INSERT INTO telemetry_rollup_1m AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
            SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                   count(*), min(value), max(value), sum(value),
-                  (min(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], min(ts),
-                  (max(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], max(ts)
+                  (min(first_last_key(ts, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'), value)))[2], min(ts),
+                  (max(first_last_key(ts, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'), value)))[2], max(ts)
            FROM telemetry WHERE ts >= $1 AND ts < $2 AND value IS NOT NULL
            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
            ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
@@ -522,8 +523,8 @@ async fn roll_hours(
            INSERT INTO telemetry_rollup_1h AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
            SELECT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                   sum(count), min(min), max(max), sum(sum),
-                  (min(ARRAY[date_part('epoch', first_ts - date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
-                  (max(ARRAY[date_part('epoch', last_ts - date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
+                  (min(first_last_key(first_ts, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), first)))[2], min(first_ts),
+                  (max(first_last_key(last_ts, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), last)))[2], max(last_ts)
            FROM telemetry_rollup_1m WHERE bucket >= $1 AND bucket < $2
            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
            ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
@@ -550,8 +551,8 @@ async fn roll_days(
            INSERT INTO telemetry_rollup_1d AS r (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
            SELECT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                   sum(count), min(min), max(max), sum(sum),
-                  (min(ARRAY[date_part('epoch', first_ts - date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
-                  (max(ARRAY[date_part('epoch', last_ts - date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
+                  (min(first_last_key(first_ts, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), first)))[2], min(first_ts),
+                  (max(first_last_key(last_ts, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), last)))[2], max(last_ts)
            FROM telemetry_rollup_1h WHERE bucket >= $1 AND bucket < $2
            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
            ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
@@ -612,8 +613,8 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     sqlx::query!(
         "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT t.device_id, t.metric, k.bucket, count(*), min(t.value), max(t.value), sum(t.value),
-                (min(ARRAY[date_part('epoch', t.ts - k.bucket), t.value]))[2], min(t.ts),
-                (max(ARRAY[date_part('epoch', t.ts - k.bucket), t.value]))[2], max(t.ts)
+                (min(first_last_key(t.ts, k.bucket, t.value)))[2], min(t.ts),
+                (max(first_last_key(t.ts, k.bucket, t.value)))[2], max(t.ts)
          FROM (SELECT DISTINCT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[])) AS k(device_id, metric, bucket)
          JOIN telemetry t ON t.device_id = k.device_id AND t.metric = k.metric
                          AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute'
@@ -640,8 +641,8 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     sqlx::query!(
         "INSERT INTO telemetry_rollup_1h (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT r.device_id, r.metric, k.hour, sum(r.count), min(r.min), max(r.max), sum(r.sum),
-                (min(ARRAY[date_part('epoch', r.first_ts - k.hour), r.first]))[2], min(r.first_ts),
-                (max(ARRAY[date_part('epoch', r.last_ts - k.hour), r.last]))[2], max(r.last_ts)
+                (min(first_last_key(r.first_ts, k.hour, r.first)))[2], min(r.first_ts),
+                (max(first_last_key(r.last_ts, k.hour, r.last)))[2], max(r.last_ts)
          FROM (SELECT DISTINCT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS hour
                FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(device_id, metric, bucket)) k
          JOIN telemetry_rollup_1m r ON r.device_id = k.device_id AND r.metric = k.metric
@@ -669,8 +670,8 @@ async fn recompute(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     sqlx::query!(
         "INSERT INTO telemetry_rollup_1d (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT r.device_id, r.metric, k.day, sum(r.count), min(r.min), max(r.max), sum(r.sum),
-                (min(ARRAY[date_part('epoch', r.first_ts - k.day), r.first]))[2], min(r.first_ts),
-                (max(ARRAY[date_part('epoch', r.last_ts - k.day), r.last]))[2], max(r.last_ts)
+                (min(first_last_key(r.first_ts, k.day, r.first)))[2], min(r.first_ts),
+                (max(first_last_key(r.last_ts, k.day, r.last)))[2], max(r.last_ts)
          FROM (SELECT DISTINCT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS day
                FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS u(device_id, metric, bucket)) k
          JOIN telemetry_rollup_1h r ON r.device_id = k.device_id AND r.metric = k.metric

@@ -467,8 +467,8 @@ async fn build_rollups(conn: &mut PgConnection, devices: &[Uuid]) -> anyhow::Res
         "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
          SELECT device_id, metric, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                 count(*), min(value), max(value), sum(value),
-                (min(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], min(ts),
-                (max(ARRAY[date_part('epoch', ts - date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2], max(ts)
+                (min(first_last_key(ts, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'), value)))[2], min(ts),
+                (max(first_last_key(ts, date_bin('1 minute', ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'), value)))[2], max(ts)
          FROM telemetry WHERE device_id = ANY($1) AND value IS NOT NULL
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )
@@ -483,8 +483,8 @@ async fn build_rollups(conn: &mut PgConnection, devices: &[Uuid]) -> anyhow::Res
             "INSERT INTO {to} (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
              SELECT device_id, metric, date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'),
                     sum(count), min(min), max(max), sum(sum),
-                    (min(ARRAY[date_part('epoch', first_ts - date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2], min(first_ts),
-                    (max(ARRAY[date_part('epoch', last_ts - date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2], max(last_ts)
+                    (min(first_last_key(first_ts, date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), first)))[2], min(first_ts),
+                    (max(first_last_key(last_ts, date_bin('{width}', bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), last)))[2], max(last_ts)
              FROM {from} WHERE device_id = ANY($1)
              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
         )))

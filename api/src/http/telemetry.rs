@@ -306,8 +306,8 @@ async fn raw_buckets(
         Bucket,
         r#"SELECT date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "bucket!",
                   metric, avg(value) AS avg, min(value) AS min, max(value) AS max, count(*) AS "count!",
-                  (min(ARRAY[date_part('epoch', ts - date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2] AS first,
-                  (max(ARRAY[date_part('epoch', ts - date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00')), value]))[2] AS last
+                  (min(first_last_key(ts, date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'), value)))[2] AS first,
+                  (max(first_last_key(ts, date_bin(make_interval(secs => $2), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00'), value)))[2] AS last
            FROM telemetry
            WHERE device_id = $1 AND value IS NOT NULL AND ($3::text IS NULL OR metric = $3)
              AND ($4::timestamptz IS NULL OR ts >= $4) AND ($5::timestamptz IS NULL OR ts < $5)
@@ -339,8 +339,8 @@ async fn rollup_buckets(
         r#"SELECT date_bin(make_interval(secs => $2), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "bucket!",
                   metric AS "metric!", sum(sum) / sum(count)::float8 AS avg, min(min) AS min, max(max) AS max,
                   sum(count)::bigint AS "count!",
-                  (min(ARRAY[date_part('epoch', first_ts - date_bin(make_interval(secs => $2), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), first]))[2] AS first,
-                  (max(ARRAY[date_part('epoch', last_ts - date_bin(make_interval(secs => $2), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00')), last]))[2] AS last
+                  (min(first_last_key(first_ts, date_bin(make_interval(secs => $2), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), first)))[2] AS first,
+                  (max(first_last_key(last_ts, date_bin(make_interval(secs => $2), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00'), last)))[2] AS last
            FROM (SELECT metric, bucket, count, min, max, sum, first, first_ts, last, last_ts
                  FROM telemetry_rollup_1d WHERE $7 = '1d' AND device_id = $1 AND bucket < $8
                  UNION ALL
