@@ -52,6 +52,14 @@ pub const LOCK: i64 = 0x6769_746f_726f_6c6c; // "gitoroll"
 /// Held by a follower step and a backfill step: one of them at a time, among all replicas.
 pub const FOLLOWER: i64 = 0x6769_746f_666f_6c6c; // "gitofoll"
 
+/// Held, after `FOLLOWER`, by the steps that write rollup rows (a backfill step, the follower's
+/// rollup transaction), and taken by every statement that deletes devices before it locks one
+/// (migration 019's trigger): a deletion locks the device and then its rollup rows, a writer its
+/// rollup rows and then their devices (a foreign key), so without turns the two deadlock. Not
+/// `FOLLOWER` itself: the follower's first transaction holds that while it waits for the merges in
+/// flight, and a merge may be waiting for a deleting transaction's locks.
+pub const WRITER: i64 = 0x6769_746f_7772_6974; // "gitowrit"
+
 /// Devices rolled up per backfill step (one transaction).
 pub const DEVICES_PER_STEP: i64 = 20;
 
@@ -213,9 +221,7 @@ pub enum Step {
 #[tracing::instrument(skip_all)]
 pub async fn backfill_step(pool: &PgPool, devices: i64) -> Result<Step, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query!("SELECT pg_advisory_xact_lock($1)", FOLLOWER)
-        .execute(&mut *tx)
-        .await?;
+    take_turn_to_write(&mut tx).await?;
     let state = sqlx::query!(
         "SELECT b.done, b.after_device, s.materialized_before
          FROM telemetry_rollup_backfill b, telemetry_rollup_state s FOR UPDATE OF b"
@@ -332,6 +338,17 @@ impl Progress {
     }
 }
 
+/// Waits for this transaction's turn to write rollup rows: among the follower and backfill steps
+/// of every replica (`FOLLOWER`), then with the deletions of devices (`WRITER`).
+async fn take_turn_to_write(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    for lock in [FOLLOWER, WRITER] {
+        sqlx::query!("SELECT pg_advisory_xact_lock($1)", lock)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// One follower step: moves `invalidated_before` up to the minute of `until` (never back), rolls
 /// up at most `SPAN` of raw rows from `materialized_before` on, then the hours and days that are
 /// complete behind it (at most `HOURS_SPAN` and `DAYS_SPAN`), and recomputes at most
@@ -371,9 +388,7 @@ pub async fn follow_step(pool: &PgPool, until: OffsetDateTime) -> Result<Progres
     // 2. Roll up and recompute, in a snapshot taken after every merge that read the old edge
     //    committed; sorting a span's rows in memory (the default 4 MB spills them to disk).
     let mut tx = pool.begin().await?;
-    sqlx::query!("SELECT pg_advisory_xact_lock($1)", FOLLOWER)
-        .execute(&mut *tx)
-        .await?;
+    take_turn_to_write(&mut tx).await?;
     sqlx::query_scalar!(r#"SELECT set_config('work_mem', '64MB', true) AS "set!""#)
         .fetch_one(&mut *tx)
         .await?;

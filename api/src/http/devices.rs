@@ -388,33 +388,16 @@ async fn remove(
     State(state): State<AppState>,
     Path((tenant_id, id)): Path<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    // The delete locks the device, then its rollup rows (ON DELETE CASCADE); the rollup follower
-    // may hold some of those rows and wait for the device (its foreign key check): PostgreSQL
-    // then aborts one of the two (40P01). Either retries; this one a few times at once.
-    let mut attempts = 0;
-    let deleted = loop {
-        attempts += 1;
-        match sqlx::query!(
-            "DELETE FROM devices WHERE tenant_id = $1 AND id = $2",
-            tenant_id,
-            id
-        )
-        .execute(&state.pool)
-        .await
-        {
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some(DEADLOCK) && attempts < 3 =>
-            {
-                tracing::info!(device_id = %id, "device delete met a deadlock; retrying");
-            }
-            result => break result?,
-        }
-    };
+    // Waits, if need be, for a rollup writer's step (migration 019): never a deadlock with it.
+    let deleted = sqlx::query!(
+        "DELETE FROM devices WHERE tenant_id = $1 AND id = $2",
+        tenant_id,
+        id
+    )
+    .execute(&state.pool)
+    .await?;
     deletion(deleted.rows_affected(), "device")
 }
-
-/// SQLSTATE deadlock_detected.
-const DEADLOCK: &str = "40P01";
 
 /// A device as returned by the idempotent insert, with whether it was new.
 pub(super) struct Upserted {

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use gito_api::rollups;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -257,11 +258,11 @@ async fn delete_device_removes_it() {
 }
 
 /// The rollup follower writes a device's rollup rows and then checks the device (a foreign key);
-/// a delete locks the device and then its rollup rows. Played out by hand here, the two deadlock
-/// and PostgreSQL aborts the delete (it waited first, so its check runs first): the API retries
-/// it and answers 204, never 500.
+/// a delete locks the device and then its rollup rows. Played out by hand here as the follower
+/// does it (its turn to write taken first): the delete waits for the follower's turn before it
+/// locks anything (migration 019), so the follower's check goes through, and then the delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_that_deadlocks_with_the_rollup_follower_is_retried() {
+async fn a_delete_waits_for_the_rollup_follower_instead_of_deadlocking_with_it() {
     let app = TestApp::spawn().await;
     let tenant = app.tenant("t").await;
     let (_, device) = app
@@ -279,8 +280,15 @@ async fn a_delete_that_deadlocks_with_the_rollup_follower_is_retried() {
     .execute(&app.pool)
     .await
     .expect("a rollup row");
-    // As the follower: the rollup row first.
+    // As the follower: its turn to write, then the rollup row.
     let mut follower = app.pool.begin().await.expect("begin");
+    for lock in [rollups::FOLLOWER, rollups::WRITER] {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock)
+            .execute(&mut *follower)
+            .await
+            .expect("the follower's turn");
+    }
     sqlx::query("SELECT 1 FROM telemetry_rollup_1m WHERE device_id = $1 FOR UPDATE")
         .bind(device)
         .execute(&mut *follower)
@@ -291,13 +299,14 @@ async fn a_delete_that_deadlocks_with_the_rollup_follower_is_retried() {
         let request = gito_testkit::admin_client().delete(app.api.url(&path));
         tokio::spawn(async move { request.send().await.expect("request sent").status() })
     };
-    // The delete now holds the device and waits for the rollup row.
     gito_testkit::wait_for(
         std::time::Duration::from_secs(10),
-        "the delete waiting",
+        "the delete waiting for its turn",
         || async {
             sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM devices%'",
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND wait_event = 'advisory' AND query LIKE 'DELETE FROM devices%'",
             )
             .fetch_one(&app.pool)
             .await
@@ -306,12 +315,16 @@ async fn a_delete_that_deadlocks_with_the_rollup_follower_is_retried() {
         },
     )
     .await;
-    // Then the device, as the follower's foreign key check would.
+    // Then the device, as the follower's foreign key check would: nothing holds it.
+    sqlx::query("SET LOCAL lock_timeout = '2s'")
+        .execute(&mut *follower)
+        .await
+        .expect("set");
     sqlx::query("SELECT 1 FROM devices WHERE id = $1 FOR KEY SHARE")
         .bind(device)
         .execute(&mut *follower)
         .await
-        .expect("the delete was the deadlock's victim, so this goes through");
+        .expect("the delete locked nothing while it waited");
     follower.commit().await.expect("commit");
     assert_eq!(delete.await.expect("task"), StatusCode::NO_CONTENT);
     assert_eq!(
@@ -320,6 +333,13 @@ async fn a_delete_that_deadlocks_with_the_rollup_follower_is_retried() {
             .0,
         StatusCode::NOT_FOUND
     );
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM telemetry_rollup_1m WHERE device_id = $1")
+            .bind(device)
+            .fetch_one(&app.pool)
+            .await
+            .expect("count");
+    assert_eq!(left, 0, "the rollup row went with the device");
 }
 
 #[tokio::test]

@@ -523,6 +523,113 @@ async fn the_backfill_rolls_up_rows_stored_before_014_with_merges_in_between() {
     );
 }
 
+/// How many sessions wait for an advisory lock right now.
+async fn advisory_waits(conn: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("activity")
+}
+
+/// Migration 019: every statement deleting devices (by id, or by a tenant's cascade) waits for
+/// the rollup writer's turn before it locks a device, and the real backfill and follower steps
+/// wait for a deletion in progress: the two take turns, so they never deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_deletions_and_rollup_writers_take_turns() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connect().await;
+    let ids = devices(&mut conn, 3).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
+
+    // A deletion in progress holds up both kinds of writer until it commits.
+    set_backfill(&mut conn, false).await;
+    for writer in ["backfill", "follower"] {
+        let mut deletion = pool.begin().await.expect("begin");
+        sqlx::query("DELETE FROM devices WHERE id = $1")
+            .bind(ids[0])
+            .execute(&mut *deletion)
+            .await
+            .expect("delete");
+        let step = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                match writer {
+                    "backfill" => rollups::backfill_step(&pool, 1).await.map(|_| ()),
+                    _ => rollups::follow_step(&pool, OffsetDateTime::now_utc())
+                        .await
+                        .map(|_| ()),
+                }
+            })
+        };
+        wait_for(
+            Duration::from_secs(10),
+            "the step waiting for its turn",
+            || {
+                let url = db.url.clone();
+                async move {
+                    let mut conn = PgConnection::connect(&url).await.expect("connect");
+                    advisory_waits(&mut conn).await > 0
+                }
+            },
+        )
+        .await;
+        assert!(!step.is_finished(), "{writer}: waits for the deletion");
+        deletion.rollback().await.expect("rollback");
+        step.await
+            .expect("task")
+            .expect("the step, once the deletion is done");
+    }
+
+    // A writer's turn holds up a deletion by id and a tenant's cascade: with a lock timeout they
+    // fail at the advisory lock, having locked no device; after the turn they go through.
+    let mut writer = pool.begin().await.expect("begin");
+    for lock in [rollups::FOLLOWER, rollups::WRITER] {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock)
+            .execute(&mut *writer)
+            .await
+            .expect("the writer's turn");
+    }
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenant_id FROM devices WHERE id = $1")
+        .bind(ids[1])
+        .fetch_one(&mut conn)
+        .await
+        .expect("tenant");
+    sqlx::query("SET lock_timeout = '300ms'")
+        .execute(&mut conn)
+        .await
+        .expect("set");
+    let by_id = "DELETE FROM devices WHERE id = $1";
+    let by_tenant = "DELETE FROM tenants WHERE id = $1";
+    for (sql, id) in [(by_id, ids[1]), (by_tenant, tenant)] {
+        let refused = sqlx::query(sql)
+            .bind(id)
+            .execute(&mut conn)
+            .await
+            .expect_err("waits for the writer");
+        let code = refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("55P03"), "{sql}: {refused}");
+    }
+    writer.commit().await.expect("commit");
+    for (sql, id) in [(by_id, ids[1]), (by_tenant, tenant)] {
+        sqlx::query(sql)
+            .bind(id)
+            .execute(&mut conn)
+            .await
+            .expect("after the writer's turn");
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM devices")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_older_than_the_retention_are_counted_and_not_stored() {
     let db = TestDb::migrated().await;
