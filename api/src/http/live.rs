@@ -189,7 +189,7 @@ async fn connect(
     tenants::ensure_exists(&state.pool, tenant_id).await?;
     // A filter on a device that is not there would stay silent forever: say so instead.
     if let Some(device_id) = filter.device_id {
-        telemetry::ensure_device(&state, tenant_id, device_id).await?;
+        telemetry::ensure_device(&state.pool, tenant_id, device_id).await?;
     }
     // The admin token cannot be revoked; a tenant token is watched as long as the socket is open.
     let guard = match (principal, credential) {
