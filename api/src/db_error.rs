@@ -2,7 +2,9 @@
 //! source chain and appends PostgreSQL's *source-code* line ("at line 948"), which means nothing
 //! to anyone; here each cause is said once, with PostgreSQL's hint, and with what to do for the
 //! mistakes operators actually make (a database that does not exist, a wrong user or password,
-//! a server that is not there). `is_transient` tells what may get better by waiting.
+//! a server that is not there). `is_transient` tells which failures may go away by themselves
+//! (the processor retries them, a request answers 503); `DbError::is_transient`, narrower, which
+//! ones boot keeps trying to connect through.
 
 use std::fmt;
 
@@ -42,6 +44,31 @@ impl DbError {
     }
 }
 
+/// True for connectivity and capacity problems, told apart by SQLSTATE class: `08` connection,
+/// `53` insufficient resources, `57P` server shutting down or starting, `58` system (I/O), and
+/// `40` transaction rollback (a deadlock or serialization failure between concurrent writers,
+/// which a retry resolves); and for errors on the way to the server (I/O, TLS, protocol, the
+/// pool). Anything else is taken as caused by the data.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| transient_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+fn transient_sqlstate(code: &str) -> bool {
+    ["08", "53", "57P", "58", "40"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
 impl fmt::Display for DbError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
@@ -74,5 +101,26 @@ impl fmt::Display for DbError {
             ),
             other => write!(f, "{other}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connectivity_classes_are_transient_and_data_classes_are_not() {
+        for code in [
+            "08006", "53100", "57P01", "57P03", "58030", "40001", "40P01",
+        ] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in [
+            "23503", "23514", "22001", "54000", "57014", "42601", "XX000",
+        ] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
     }
 }

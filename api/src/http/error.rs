@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sqlx::postgres::PgDatabaseError;
 
+use crate::db_error::{self, DbError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request itself is unreadable: malformed JSON, a bad id in the path, a bad query.
@@ -119,9 +121,15 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Database errors caused by the request's content map to 4xx by constraint name or SQLSTATE
-/// class, never by message text. Everything else is internal.
+/// class, never by message text; a failure of the database or of the way to it
+/// (`db_error::is_transient`: a pooled connection that died, a server restarting, the pool
+/// exhausted) to 503, which a client may retry. Everything else is internal.
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        if db_error::is_transient(&error) {
+            tracing::warn!(error = %DbError(error), "request failed on the database; answering 503");
+            return ApiError::Unavailable("the database is unavailable for a moment; retry".into());
+        }
         let Some(db) = error.as_database_error() else {
             return ApiError::Internal(error.into());
         };

@@ -1,8 +1,8 @@
 //! Long waits are bounded and dead peers are noticed: a WebSocket closes within a second of its
 //! token's revocation on any replica, a client that stops reading is dropped without holding up
 //! the others, the token listener's connection is replaced when it dies (even without a word,
-//! as a half-open TCP connection does), and a booting replica gives up on a migration lock held
-//! too long, naming the holder.
+//! as a half-open TCP connection does), a pooled connection that dies costs at most its request
+//! a 503, and a booting replica gives up on a migration lock held too long, naming the holder.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-use crate::helpers::{ApiProcess, gito_api, id_of};
+use crate::helpers::{ApiProcess, TestApp, gito_api, id_of};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -547,4 +547,60 @@ async fn relay(client: TcpStream, upstream: TcpStream, state: Arc<ProxyState>) {
         () = outbound => {}
         () = inbound => {}
     }
+}
+
+/// The pool pings a connection before a request only after it was idle for a while (sqlx pings
+/// it as it comes back anyway): a connection terminated in between fails the request that gets
+/// it, which answers 503 (worth a retry), never 500, and the next request gets a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_pool_connection_costs_at_most_a_503_and_is_replaced() {
+    let app = TestApp::spawn().await;
+    let tenant = app.tenant("t").await;
+    let (_, device) = app
+        .post(
+            &format!("/tenants/{tenant}/devices"),
+            json!({ "name": "d" }),
+        )
+        .await;
+    let path = format!("/tenants/{tenant}/devices/{}", id_of(&device));
+    for _ in 0..5 {
+        assert_eq!(app.get(&path).await.0, StatusCode::OK);
+    }
+    // Every pooled connection of the API, just back in the pool (no ping before the next use).
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'gito-api'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("terminate");
+    assert!(!terminated.is_empty(), "the API holds pooled connections");
+    let mut statuses = Vec::new();
+    for _ in 0..terminated.len() + 5 {
+        statuses.push(app.get(&path).await.0);
+    }
+    println!(
+        "after terminating {} connections: {statuses:?}",
+        terminated.len()
+    );
+    let unavailable = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::SERVICE_UNAVAILABLE),
+        "{statuses:?}"
+    );
+    assert!(
+        unavailable <= terminated.len(),
+        "at most one 503 per terminated connection: {statuses:?}"
+    );
+    assert!(
+        statuses[statuses.len() - 5..]
+            .iter()
+            .all(|s| *s == StatusCode::OK),
+        "replaced: {statuses:?}"
+    );
 }
