@@ -215,7 +215,7 @@ try:
     metrics = free_port()
     bridge_env["GITO_BRIDGE_METRICS_ADDR"] = f"127.0.0.1:{metrics}"
     start([os.path.join(ROOT, "entrypoint.sh")] + compose["services"]["bridge"]["command"], bridge_env, "bridge.log")
-    check("bridge: subscribed", wait("bridge subscribed", lambda: "gito_bridge_external_connected 1" in urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics").read().decode()))
+    check("bridge: subscribed", wait("bridge subscribed", lambda: "gito_bridge_external_connected 1" in urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics").read().decode().splitlines()))
 
     simulator = [rehost(a, HOSTS) for a in compose["services"]["simulator"]["command"]] + ["--duration", "20"]
     start([os.path.join(ROOT, "entrypoint.sh")] + simulator, {}, "simulator.log")

@@ -99,7 +99,10 @@ pub async fn start_bridge(
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        if text.contains("gito_bridge_external_connected 1") {
+        if text
+            .lines()
+            .any(|l| l == "gito_bridge_external_connected 1")
+        {
             return Ok(process);
         }
         anyhow::ensure!(

@@ -284,7 +284,9 @@ impl Metrics {
                 .increment(0);
         }
         for flag in [&self.external_connected, &self.local_connected] {
-            metrics::describe_gauge!(flag.series(), "1 while connected");
+            // Not "1 while connected": a HELP line `gito_bridge_external_connected 1 while ...` fooled
+            // every wait for the connection that looked for the sample as a substring.
+            metrics::describe_gauge!(flag.series(), "Whether the connection is up (1) or not (0)");
             metrics::gauge!(flag.series()).set(f64::from(u8::from(Self::is(flag))));
         }
         metrics::describe_counter!(

@@ -5,6 +5,7 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use gito_testkit::Scrape;
 use tokio::process::Command;
 
 use crate::helpers::{Collector, Device, RunningBridge, Stack, bridge_binary, reading, wait};
@@ -108,15 +109,12 @@ async fn a_bridge_killed_with_sigkill_mid_stream_and_restarted_loses_nothing() {
             .kill_on_drop(true);
         command.spawn().expect("gito-bridge starts")
     };
+    // Read with a real exposition parser: a substring search also matched the gauge's HELP line,
+    // so the stream could start before the subscription and its first message went to nobody.
     let subscribed = || async move {
-        let Ok(response) = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await
-        else {
-            return false;
-        };
-        response
-            .text()
+        Scrape::get(&format!("http://127.0.0.1:{metrics_port}/metrics"), None)
             .await
-            .is_ok_and(|t| t.contains("gito_bridge_external_connected 1"))
+            .is_some_and(|s| s.value("gito_bridge_external_connected", &[]) == 1.0)
     };
 
     let mut bridge = start_bridge();
