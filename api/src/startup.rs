@@ -48,9 +48,9 @@ pub const APPLICATION_NAME: &str = "gito-api";
 
 /// A pooled connection idle this long is pinged before a request gets it. sqlx already pings
 /// every connection as it comes back to the pool, so one idle for less was found alive moments
-/// ago; a ping on every acquire too was a second round trip per request (GET one device:
-/// 0.29× of pgbench's rate with it). A connection that died in between costs its request a 503
-/// (`ApiError` from a transient database error) and is replaced.
+/// ago; a ping on every acquire too was a third round trip per request (GET one device: 0.32×
+/// of pgbench's rate with it, 0.35× without; bench/RESULTS.md). A connection that died in between
+/// costs its request a 503 (`ApiError` from a transient database error) and is replaced.
 const PING_IF_IDLE_FOR: Duration = Duration::from_millis(500);
 
 /// GITO_MIGRATION_DRIFT: a schema changed by hand is logged (`warn`) or stops the start
