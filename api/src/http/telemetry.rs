@@ -423,8 +423,8 @@ async fn same_width_buckets(
     if left > 0 {
         let before = r.to.map_or(edge, |to| to.min(edge));
         // A statement per table: one that chose its table by a parameter (`UNION ALL` of the
-        // three, two of them switched off) cost 0.2–0.65 ms to plan and 0.6–1.1 ms to run,
-        // against 0.06 and 0.18 ms for the table's own (EXPLAIN ANALYZE, a month of hours).
+        // three, two of them switched off) took 0.17–1.6 ms to plan and 0.57–0.84 ms to run a
+        // month of hours, the table's own 0.09–0.15 and 0.26–0.38 ms (bench/RESULTS.md).
         let rows = match source {
             Source::Day => same_width!("telemetry_rollup_1d", conn, r, before, left),
             Source::Hour => same_width!("telemetry_rollup_1h", conn, r, before, left),
