@@ -551,7 +551,8 @@ async fn relay(client: TcpStream, upstream: TcpStream, state: Arc<ProxyState>) {
 
 /// The pool pings a connection before a request only after it was idle for a while (sqlx pings
 /// it as it comes back anyway): a connection terminated in between fails the request that gets
-/// it, which answers 503 (worth a retry), never 500, and the next request gets a new connection.
+/// it, which answers 503 with `Retry-After: 1`, never 500, and the next request gets a new
+/// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_pool_connection_costs_at_most_a_503_and_is_replaced() {
     let app = TestApp::spawn().await;
@@ -575,9 +576,22 @@ async fn a_terminated_pool_connection_costs_at_most_a_503_and_is_replaced() {
     .await
     .expect("terminate");
     assert!(!terminated.is_empty(), "the API holds pooled connections");
+    let client = gito_testkit::admin_client();
     let mut statuses = Vec::new();
     for _ in 0..terminated.len() + 5 {
-        statuses.push(app.get(&path).await.0);
+        let response = client
+            .get(app.api.url(&path))
+            .send()
+            .await
+            .expect("answered");
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(
+                response.headers().get("retry-after").map(|v| v.as_bytes()),
+                Some(&b"1"[..]),
+                "a 503 says when to retry"
+            );
+        }
+        statuses.push(response.status());
     }
     println!(
         "after terminating {} connections: {statuses:?}",
