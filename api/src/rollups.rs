@@ -340,7 +340,7 @@ impl Progress {
 
 /// Waits for this transaction's turn to write rollup rows: among the follower and backfill steps
 /// of every replica (`FOLLOWER`), then with the deletions of devices (`WRITER`).
-async fn take_turn_to_write(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub async fn take_turn_to_write(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     for lock in [FOLLOWER, WRITER] {
         sqlx::query!("SELECT pg_advisory_xact_lock($1)", lock)
             .execute(&mut *conn)

@@ -282,13 +282,9 @@ async fn a_delete_waits_for_the_rollup_follower_instead_of_deadlocking_with_it()
     .expect("a rollup row");
     // As the follower: its turn to write, then the rollup row.
     let mut follower = app.pool.begin().await.expect("begin");
-    for lock in [rollups::FOLLOWER, rollups::WRITER] {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(lock)
-            .execute(&mut *follower)
-            .await
-            .expect("the follower's turn");
-    }
+    rollups::take_turn_to_write(&mut follower)
+        .await
+        .expect("the follower's turn");
     sqlx::query("SELECT 1 FROM telemetry_rollup_1m WHERE device_id = $1 FOR UPDATE")
         .bind(device)
         .execute(&mut *follower)

@@ -585,13 +585,9 @@ async fn device_deletions_and_rollup_writers_take_turns() {
     // A writer's turn holds up a deletion by id and a tenant's cascade: with a lock timeout they
     // fail at the advisory lock, having locked no device; after the turn they go through.
     let mut writer = pool.begin().await.expect("begin");
-    for lock in [rollups::FOLLOWER, rollups::WRITER] {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(lock)
-            .execute(&mut *writer)
-            .await
-            .expect("the writer's turn");
-    }
+    rollups::take_turn_to_write(&mut writer)
+        .await
+        .expect("the writer's turn");
     let tenant: Uuid = sqlx::query_scalar("SELECT tenant_id FROM devices WHERE id = $1")
         .bind(ids[1])
         .fetch_one(&mut conn)
