@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
 
 use crate::bridge::topic;
-use crate::stack::{Fleet, stored_rows};
+use crate::stack::{EventTimes, Fleet, stored_rows};
 
 /// How often the stored count is read (reading it costs gito-api a `/metrics` render).
 const SAMPLE: Duration = Duration::from_millis(25);
@@ -71,7 +71,7 @@ impl Load {
             fleet.external.port,
             devices,
             rate,
-            fleet.next_ts.clone(),
+            fleet.clock.take().await,
             allowed,
             stop.clone(),
             started,
@@ -204,7 +204,7 @@ async fn publish(
     port: u16,
     devices: u64,
     rate: Option<f64>,
-    next_ts: Arc<AtomicU64>,
+    mut clock: EventTimes,
     allowed: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     started: Instant,
@@ -245,10 +245,10 @@ async fn publish(
                 }
             }
         }
-        let ts = next_ts.fetch_add(1, Ordering::Relaxed);
-        let payload = format!("{{\"v\": {}, \"ts\": {ts}}}", k % 500);
+        let device = k % devices;
+        let payload = format!("{{\"v\": {}, \"ts\": {}}}", k % 500, clock.next(device));
         client
-            .publish(topic(k % devices), QoS::AtLeastOnce, false, payload)
+            .publish(topic(device), QoS::AtLeastOnce, false, payload)
             .await?;
         at.push(started.elapsed().as_micros() as u64);
         k += 1;

@@ -62,7 +62,9 @@ pub async fn run(messages: u64, devices: usize) -> anyhow::Result<ProcessorResul
             started.elapsed() < Duration::from_secs(300),
             "processor stored {rows} of {messages}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Counting costs the database a few milliseconds that the processor cannot use: count
+        // every 50 ms, which overstates the processor's time by 50 ms at most.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
     let stats: Stats = processor.stats();
@@ -108,9 +110,10 @@ async fn create_devices(
     Ok(ids)
 }
 
-/// One metric per envelope, distinct event times: every message is one row.
+/// One metric per envelope, distinct event times from now on (a live stream: none of them late for
+/// the rollup follower, which would cost a recompute per minute): every message is one row.
 pub fn envelopes(tenant: Uuid, devices: &[Uuid], n: u64) -> Vec<(String, Vec<u8>)> {
-    let base = time::macros::datetime!(2026-11-24 00:00 UTC);
+    let base = time::OffsetDateTime::now_utc();
     (0..n)
         .map(|i| {
             let device = devices[i as usize % devices.len()];

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -125,9 +124,39 @@ pub struct Fleet {
     /// What gito-bridge gets beside the fleet's own settings, at start and at every restart.
     bridge_env: Vec<(&'static str, String)>,
     spool: PathBuf,
-    /// The next event time (ms since the epoch) a published message carries, so that every
-    /// message of a run is its own row; starts a day back, well behind the warm-up's "now".
-    pub next_ts: Arc<AtomicU64>,
+    /// The event times published messages carry.
+    pub clock: EventClock,
+}
+
+/// Event times (ms since the epoch) for the messages a bench publishes, as a live fleet's: a
+/// device's next is now, or a millisecond after its previous one if that is later, so that every
+/// message is a row of its own. Not a counter running ahead of or behind the clock: a row older
+/// than the rollup follower's edge (a minute back) is late data and costs a recompute, which a
+/// bench of live ingest must not measure.
+#[derive(Clone, Default)]
+pub struct EventClock(Arc<tokio::sync::Mutex<Vec<u64>>>);
+
+/// One publisher's hold on the clock.
+pub struct EventTimes(tokio::sync::OwnedMutexGuard<Vec<u64>>);
+
+impl EventClock {
+    /// For one publisher at a time.
+    pub async fn take(&self) -> EventTimes {
+        EventTimes(self.0.clone().lock_owned().await)
+    }
+}
+
+impl EventTimes {
+    pub fn next(&mut self, device: u64) -> u64 {
+        let device = device as usize;
+        if device >= self.0.len() {
+            self.0.resize(device + 1, 0);
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let ts = (now as u64).max(self.0[device] + 1);
+        self.0[device] = ts;
+        ts
+    }
 }
 
 impl Fleet {
@@ -162,7 +191,6 @@ impl Fleet {
             &bridge_env,
         )
         .await?;
-        let day_ago = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         Ok(Fleet {
             external,
             local,
@@ -172,9 +200,7 @@ impl Fleet {
             bridge: Some(bridge),
             bridge_env,
             spool,
-            next_ts: Arc::new(AtomicU64::new(
-                (day_ago.unix_timestamp_nanos() / 1_000_000) as u64,
-            )),
+            clock: EventClock::default(),
         })
     }
 

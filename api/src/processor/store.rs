@@ -3,7 +3,7 @@
 //! envelope logs nothing), samples older than their tenant's retention are counted and dropped, `last_seen_at` moves once per device, and alert rules are
 //! evaluated, all in the caller's transaction.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gito_wire::{Envelope, LiveEvent, MetricValue};
 use sqlx::PgConnection;
@@ -78,7 +78,8 @@ pub async fn store(
     let oldest = oldest_kept(&mut *conn, &tenants, default_retention_days).await?;
     let mut expired = 0;
     let mut rows = Rows::default();
-    let mut newest: HashMap<Uuid, OffsetDateTime> = HashMap::new();
+    // In id order, as `touch` locks them: two processors never wait for each other in a cycle.
+    let mut newest: BTreeMap<Uuid, OffsetDateTime> = BTreeMap::new();
     let mut samples = Vec::new();
     for message in messages {
         let Checked {
@@ -213,7 +214,8 @@ pub async fn merge(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::Er
     Ok(inserted as u64)
 }
 
-/// Moves each device's `last_seen_at` forward to its newest event time in the batch.
+/// Moves each device's `last_seen_at` forward to its newest event time in the batch (`devices` in
+/// id order).
 pub async fn touch(
     conn: &mut PgConnection,
     devices: &[Uuid],
