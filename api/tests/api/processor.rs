@@ -684,3 +684,73 @@ async fn live_telemetry_carries_times_to_the_microsecond_and_a_filter_on_an_unkn
     let (_, stored) = stack.get(&latest).await;
     assert_eq!(stored["T"]["ts"], event["ts"], "REST and WebSocket agree");
 }
+
+/// The processor moves `last_seen_at` of every device it hears, batch after batch. Migration 020
+/// leaves room on each page of `devices`, so that the new row version stays on its page: a HOT
+/// update, which writes no entry into any of the table's indexes. Packed full, as before 020, the
+/// rows of this batch would all move to other pages.
+#[tokio::test]
+async fn moving_last_seen_at_keeps_each_device_row_on_its_page() {
+    use gito_api::processor::store;
+    use sqlx::Connection as _;
+
+    let db = TestDb::migrated().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let tenant = Uuid::now_v7();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 't')")
+        .bind(tenant)
+        .execute(&mut conn)
+        .await
+        .expect("tenant");
+    sqlx::query(
+        "INSERT INTO devices (id, tenant_id, name, external_id)
+         SELECT gen_random_uuid(), $1, 'device ' || i, 'SITE/LINE/D' || i FROM generate_series(1, 400) AS i",
+    )
+    .bind(tenant)
+    .execute(&mut conn)
+    .await
+    .expect("devices");
+    let pages = || {
+        sqlx::query_as::<_, (Uuid, i32)>(
+            "SELECT id, (ctid::text::point)[0]::int FROM devices ORDER BY ctid",
+        )
+    };
+    let before = pages().fetch_all(&mut conn).await.expect("pages");
+    let distinct: std::collections::BTreeSet<i32> = before.iter().map(|(_, p)| *p).collect();
+    assert!(
+        distinct.len() >= 4,
+        "the devices span several pages: {distinct:?}"
+    );
+
+    // One batch hears every fourth device, in id order as the processor passes them.
+    let mut heard: Vec<Uuid> = before.iter().step_by(4).map(|(id, _)| *id).collect();
+    heard.sort();
+    let now = time::OffsetDateTime::now_utc();
+    store::touch(&mut conn, &heard, &vec![now; heard.len()])
+        .await
+        .expect("touch");
+
+    let after: std::collections::HashMap<Uuid, i32> = pages()
+        .fetch_all(&mut conn)
+        .await
+        .expect("pages")
+        .into_iter()
+        .collect();
+    let moved: Vec<&Uuid> = before
+        .iter()
+        .filter(|(id, page)| after[id] != *page)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        moved.is_empty(),
+        "{} of {} heard rows left their page",
+        moved.len(),
+        heard.len()
+    );
+    let seen: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM devices WHERE last_seen_at IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .expect("seen");
+    assert_eq!(seen as usize, heard.len());
+}
