@@ -94,14 +94,10 @@ pub async fn start_bridge(
     let process = Process::spawn("gito-bridge", &env)?;
     let started = Instant::now();
     loop {
-        let text = match reqwest::get(format!("http://{metrics}/metrics")).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if text
-            .lines()
-            .any(|l| l == "gito_bridge_external_connected 1")
-        {
+        let connected = Scrape::get(&format!("http://{metrics}/metrics"), None)
+            .await
+            .is_some_and(|s| s.value("gito_bridge_external_connected", &[]) == 1.0);
+        if connected {
             return Ok(process);
         }
         anyhow::ensure!(
