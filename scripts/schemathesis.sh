@@ -41,15 +41,17 @@ json_field() { python3 -c "import json, sys; print(json.load(sys.stdin)['$1'])";
 tenant=$(post "$admin_token" /tenants '{"name": "schemathesis"}' | json_field id)
 tenant_token=$(post "$admin_token" "/tenants/$tenant/tokens" '{"name": "schemathesis"}' | json_field token)
 
-# One run with a token; its output is kept in $work/st-$2.log.
+# One run with a token and a number of worker threads; its output is kept in $work/st-$2.log.
 run_st() {
   GITO_ST_TENANT_ID="$tenant" schemathesis --config-file scripts/schemathesis.toml run "$api/openapi.json" \
     --header "Authorization: Bearer $1" --checks all --exclude-checks positive_data_acceptance \
-    --max-examples "$examples" --seed 1 --workers 2 --no-color 2>&1 | tee "$work/st-$2.log"
+    --max-examples "$examples" --seed 1 --workers "$3" --no-color 2>&1 | tee "$work/st-$2.log"
 }
 
-# A run that ended on an error of schemathesis itself (its "Runtime Error", e.g. a Python
-# SystemError inside its generator) and on no failure says nothing about the API.
+# A run that ended on an error of schemathesis itself (its "Runtime Error") and on no failure
+# says nothing about the API. The one seen here is CPython 3.11's "AST constructor recursion depth
+# mismatch" (python/cpython#106905): hypothesis parses lambdas with `ast` from both worker threads
+# and the interpreter's AST state races. The rerun uses one worker, where that race cannot happen.
 tool_crashed() {
   grep -q 'Runtime Error' "$1" && ! grep -q '^Failures:' "$1"
 }
@@ -60,10 +62,10 @@ for who in admin tenant; do
   token=$admin_token
   [ "$who" = admin ] || token=$tenant_token
   step "schemathesis with the $who token ($examples examples per operation)"
-  if run_st "$token" "$who"; then
+  if run_st "$token" "$who" 2; then
     passed=$((passed + 1))
-  elif tool_crashed "$work/st-$who.log" && echo "schemathesis itself crashed (no failure found): running it once more" &&
-    run_st "$token" "$who"; then
+  elif tool_crashed "$work/st-$who.log" && echo "schemathesis itself crashed (no failure found): running it once more, one worker" &&
+    run_st "$token" "$who" 1; then
     passed=$((passed + 1))
   else
     failed=$((failed + 1))
