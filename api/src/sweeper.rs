@@ -119,6 +119,8 @@ pub async fn sweep(
 }
 
 /// Devices whose `check_at` passed: offline if their deadline passed too, else re-armed for it.
+/// A deadline is last heard + timeout + `processor::HEARD_RESOLUTION`, the most `last_heard_at`
+/// can lag behind the device's last message.
 /// SKIP LOCKED: a device locked right now is being heard by a processor. Two statements, each
 /// one index lookup per device (`OFFSET 0` keeps the planner from joining the whole devices
 /// table instead; UNNEST makes it update by primary key).
@@ -132,11 +134,12 @@ async fn flip(conn: &mut PgConnection, default_secs: f64) -> Result<Vec<LiveEven
                  FOR UPDATE SKIP LOCKED) c
            CROSS JOIN LATERAL (SELECT tenant_id, device_type_id FROM devices
                                WHERE id = c.device_id OFFSET 0) d
-           CROSS JOIN LATERAL (SELECT c.last_heard_at + make_interval(secs => COALESCE(
+           CROSS JOIN LATERAL (SELECT c.last_heard_at + make_interval(secs => $3 + COALESCE(
                                    (SELECT t.offline_after_secs FROM device_types t
                                     WHERE t.id = d.device_type_id)::float8, $1)) AS at) deadline"#,
         default_secs,
-        PER_TICK
+        PER_TICK,
+        processor::HEARD_RESOLUTION.as_secs_f64()
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use self::batch::{Batcher, Incoming};
 use self::counters::Counters;
 pub use self::devices::DeviceInfo;
+pub use self::heard::HEARD_RESOLUTION;
 use self::watch::{Deleted, DeviceWatch};
 use crate::status::{self, Health};
 

@@ -2,8 +2,9 @@
 //! and PostgreSQL: a device goes offline after its type's timeout and online with its next
 //! message, both pushed over the WebSocket, with an alert that opens and resolves; a tenant that
 //! stops publishing raises a staleness alert that resolves when data flows again; two sweepers at
-//! once never fire twice, and the counts behind `gito_devices` follow; the filter works; bad input
-//! is 422.
+//! once never fire twice, and the counts behind `gito_devices` follow; a device heard in every
+//! batch is written at most once a second and never flipped offline early for it; the filter
+//! works; bad input is 422.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -372,6 +373,122 @@ async fn two_sweepers_at_once_flip_each_device_and_open_each_alert_exactly_once(
         skipped > 0,
         "the advisory lock let only one sweep at a time"
     );
+}
+
+/// The device's stored rows, and its connectivity row's version (xmin) and last_heard_at.
+async fn heard_row(
+    pool: &sqlx::PgPool,
+    device: Uuid,
+) -> (i64, Option<String>, Option<time::OffsetDateTime>) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM telemetry WHERE device_id = $1),
+                (SELECT xmin::text FROM device_connectivity WHERE device_id = $1),
+                (SELECT last_heard_at FROM device_connectivity WHERE device_id = $1)",
+    )
+    .bind(device)
+    .fetch_one(pool)
+    .await
+    .expect("connectivity row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_heard_again_within_a_second_costs_no_write_of_its_connectivity_row() {
+    let db = TestDb::migrated().await;
+    let broker = Broker::start().await;
+    let api = TestApi::start_processing(&db.url, &broker.url()).await;
+    let tenant = api.tenant("t").await;
+    let device = id_of(
+        &created(
+            &api,
+            &format!("/tenants/{tenant}/devices"),
+            json!({ "name": "d" }),
+        )
+        .await,
+    );
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
+    // Publishes one message and waits until it is stored (a batch of its own); then the
+    // device's connectivity row: its version (xmin) and last_heard_at.
+    let after = async |value: f64, stored: i64| -> (String, time::OffsetDateTime) {
+        publish_all(
+            &broker.url(),
+            vec![(topic(tenant, device), envelope(value))],
+        )
+        .await;
+        wait_for(Duration::from_secs(10), "the message stored", || async {
+            heard_row(&pool, device).await.0 == stored
+        })
+        .await;
+        match heard_row(&pool, device).await {
+            (_, Some(version), Some(heard)) => (version, heard),
+            other => panic!("no connectivity row: {other:?}"),
+        }
+    };
+    let (first_version, first_heard) = after(1.0, 1).await;
+    let (second_version, second_heard) = after(2.0, 2).await;
+    // Written again only if a second had passed: the processor never rewrites the row for a
+    // message that came sooner (the sweeper allows for that lag, see the next test).
+    assert!(
+        second_version == first_version && second_heard == first_heard
+            || second_heard - first_heard >= time::Duration::seconds(1),
+        "row rewritten {} after the last write",
+        second_heard - first_heard
+    );
+}
+
+#[tokio::test]
+async fn the_sweeper_allows_for_last_heard_at_lagging_a_second_behind_and_never_flips_early() {
+    // No API: its own sweeper would take turns with this one.
+    let db = TestDb::migrated().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
+    let tenant = Uuid::now_v7();
+    let devices: Vec<Uuid> = (0..2).map(|_| Uuid::now_v7()).collect();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 't')")
+        .bind(tenant)
+        .execute(&pool)
+        .await
+        .expect("tenant");
+    sqlx::query(
+        "INSERT INTO devices (id, tenant_id, name) SELECT id, $2, 'd' FROM UNNEST($1::uuid[]) AS id",
+    )
+    .bind(&devices)
+    .bind(tenant)
+    .execute(&pool)
+    .await
+    .expect("devices");
+    // A timeout of 2 s: the first device last written 2.2 s ago (its last message may have come
+    // up to a second later, unwritten), the second 3.8 s ago; both due for a look.
+    sqlx::query(
+        "INSERT INTO device_connectivity (device_id, last_heard_at, check_at)
+         SELECT id, now() - make_interval(secs => ago), now() - interval '1 minute'
+         FROM UNNEST($1::uuid[], $2::float8[]) AS v(id, ago)",
+    )
+    .bind(&devices)
+    .bind([2.2, 3.8])
+    .execute(&pool)
+    .await
+    .expect("connectivity");
+    let events = gito_api::sweeper::sweep(&pool, 2.0)
+        .await
+        .expect("sweep")
+        .expect("the only sweeper");
+    let flipped: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.to_json()).expect("json")["device_id"].clone())
+        .collect();
+    assert_eq!(
+        flipped,
+        [json!(devices[1])],
+        "only the device silent past timeout + 1 s"
+    );
+    let (rearmed,): (f64,) = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM check_at - last_heard_at)::float8 FROM device_connectivity
+         WHERE device_id = $1",
+    )
+    .bind(devices[0])
+    .fetch_one(&pool)
+    .await
+    .expect("check_at");
+    assert_eq!(rearmed, 3.0, "re-armed for last heard + timeout + 1 s");
 }
 
 #[tokio::test]
