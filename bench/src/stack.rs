@@ -168,11 +168,8 @@ impl Fleet {
         let local =
             Broker::start_with("max_inflight_messages 2000\nmax_queued_messages 1000000\n").await;
         let db = TestDb::migrated().await;
-        let api = start_api(
-            &db.url,
-            &[("GITO_MQTT_URL", local.url()), ("GITO_LIVE", "off".into())],
-        )
-        .await?;
+        // As deployed: the live fan-out on (it takes telemetry only while a WebSocket watches).
+        let api = start_api(&db.url, &[("GITO_MQTT_URL", local.url())]).await?;
         let tenant = create_tenant(&api.url).await?;
         let spool = std::env::temp_dir().join(format!(
             "gito-bench-spool-{}",

@@ -4,9 +4,12 @@
 //! falls behind is disconnected instead of slowing anything down, and so is one that stops
 //! reading (a send that cannot finish within `GITO_WS_SEND_TIMEOUT`). A socket opened with a
 //! tenant token closes (1008, "token revoked") within a second of the token's revocation.
+//! Telemetry is taken from the broker only while at least one client is connected: a replica
+//! nobody watches costs the broker no second copy of every message and itself no parsing.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
@@ -15,9 +18,9 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_
 use axum::response::Response;
 use gito_wire::topic::{ALERTS_FILTER, TELEMETRY_FILTER};
 use gito_wire::{AlertsTopic, Envelope, LiveEvent, TelemetryEvent, TelemetryTopic};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde::Deserialize;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
@@ -37,6 +40,8 @@ use crate::status::{self, Health};
 const BACKLOG: usize = 4096;
 /// Sending a close frame, at most: a client that does not read will not take it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a new socket waits for the fan-out's telemetry subscription, at most.
+const TELEMETRY_WAIT: Duration = Duration::from_secs(1);
 /// Looking a token up again, at most; past it the socket is closed (1013) as unverifiable.
 const RECHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -46,6 +51,11 @@ pub struct Live {
     send_timeout: Duration,
     /// Clients dropped because a send did not finish in time.
     stalled: Arc<AtomicU64>,
+    /// Clients connected, and a wake-up for the fan-out whenever that changes: it subscribes to
+    /// telemetry or leaves it.
+    clients: Arc<(AtomicUsize, Notify)>,
+    /// Whether the broker has acknowledged the telemetry subscription (and not left it since).
+    flowing: Arc<watch::Sender<bool>>,
 }
 
 /// An event on its way to the clients: whom it concerns, and its JSON, serialized once.
@@ -65,6 +75,8 @@ impl Live {
             events,
             send_timeout,
             stalled: Arc::default(),
+            clients: Arc::default(),
+            flowing: Arc::new(watch::channel(false).0),
         }
     }
 
@@ -80,9 +92,14 @@ impl Live {
     ) -> anyhow::Result<()> {
         options.set_clean_session(true);
         let (client, mut eventloop) = AsyncClient::new(options, 100);
+        let mut telemetry = Following::default();
         loop {
             let event = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
+                () = self.clients.1.notified() => {
+                    telemetry.follow(&self, &client);
+                    continue;
+                }
                 event = eventloop.poll() => event,
             };
             match event {
@@ -91,13 +108,26 @@ impl Live {
                     if reports_broker {
                         health.up(status::BROKER);
                     }
-                    for filter in [TELEMETRY_FILTER, ALERTS_FILTER] {
-                        let _ = client.try_subscribe(filter, QoS::AtMostOnce);
+                    telemetry = Following::default();
+                    self.flowing.send_replace(false);
+                    if client.try_subscribe(ALERTS_FILTER, QoS::AtMostOnce).is_ok() {
+                        telemetry.queued.push_back(false);
+                    }
+                    telemetry.follow(&self, &client);
+                }
+                Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+                    if telemetry.queued.pop_front() == Some(true) {
+                        telemetry.pkid = Some(pkid);
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if telemetry.pkid == Some(ack.pkid) {
+                        self.flowing.send_replace(telemetry.asked);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Some(event) = to_event(&p.topic, &p.payload) {
-                        // No receiver is fine: nobody is watching.
+                        // No receiver is fine: the last client just left.
                         let _ = self.events.send(Fanned {
                             tenant_id: event.tenant_id(),
                             device_id: event.device_id(),
@@ -107,6 +137,7 @@ impl Live {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    self.flowing.send_replace(false);
                     health.down(status::LIVE, &e);
                     if reports_broker {
                         health.down(status::BROKER, &e);
@@ -118,6 +149,48 @@ impl Live {
                     }
                 }
             }
+        }
+    }
+
+    /// Waits (at most `TELEMETRY_WAIT`) until the broker has acknowledged the fan-out's
+    /// telemetry subscription, so that a client whose socket opens gets every message published
+    /// from then on. Past the wait (the broker is away) the socket opens anyway.
+    async fn telemetry_flowing(&self) {
+        let mut flowing = self.flowing.subscribe();
+        let _ = timeout(TELEMETRY_WAIT, flowing.wait_for(|f| *f)).await;
+    }
+}
+
+/// The fan-out's telemetry subscription in one broker session: asked for while any client is
+/// connected, left once none is.
+#[derive(Debug, Default)]
+struct Following {
+    /// Subscribed (or on its way) in this session.
+    asked: bool,
+    /// The subscribe requests queued and not sent yet, oldest first: whether each is telemetry's
+    /// (the event loop sends them in order and reports each packet id as it goes out).
+    queued: VecDeque<bool>,
+    /// The packet id of the telemetry subscription once sent; its SubAck means it is flowing.
+    pkid: Option<u16>,
+}
+
+impl Following {
+    fn follow(&mut self, live: &Live, client: &AsyncClient) {
+        let watched = live.clients.0.load(Ordering::Acquire) > 0;
+        if watched && !self.asked {
+            // A full request queue: the broker connection is in trouble, and the next session
+            // (ConnAck) subscribes from scratch.
+            if client
+                .try_subscribe(TELEMETRY_FILTER, QoS::AtMostOnce)
+                .is_ok()
+            {
+                self.asked = true;
+                self.queued.push_back(true);
+            }
+        } else if !watched && self.asked && client.try_unsubscribe(TELEMETRY_FILTER).is_ok() {
+            self.asked = false;
+            self.pkid = None;
+            live.flowing.send_replace(false);
         }
     }
 }
@@ -200,12 +273,16 @@ async fn connect(
         }),
         _ => None,
     };
+    // Counted from here (an upgrade that fails drops the gauge with the closure), so that the
+    // fan-out takes telemetry before the socket opens.
+    let watching = ClientGauge::open(live.clients.clone());
     let events = live.events.subscribe();
+    live.telemetry_flowing().await;
     let client = Client {
         tenant_id,
         device_id: filter.device_id,
     };
-    Ok(upgrade.on_upgrade(move |socket| stream(socket, live, events, client, guard)))
+    Ok(upgrade.on_upgrade(move |socket| stream(socket, live, events, client, guard, watching)))
 }
 
 /// What one client asked for.
@@ -228,8 +305,8 @@ async fn stream(
     mut events: broadcast::Receiver<Fanned>,
     client: Client,
     guard: Option<TokenGuard>,
+    _watching: ClientGauge,
 ) {
-    let _open = ClientGauge::open();
     // One future for the socket's whole life, polled beside everything it waits for (sends
     // included), so that a revocation closes it whatever it is doing.
     let verdict = async move {
@@ -280,19 +357,24 @@ async fn stream(
     }
 }
 
-/// Counts an open client for as long as it lives.
-struct ClientGauge;
+/// Counts an open client for as long as it lives (`gito_live_clients`, and for the fan-out,
+/// which it wakes as it comes and goes).
+struct ClientGauge(Arc<(AtomicUsize, Notify)>);
 
 impl ClientGauge {
-    fn open() -> ClientGauge {
+    fn open(clients: Arc<(AtomicUsize, Notify)>) -> ClientGauge {
         metrics::gauge!("gito_live_clients").increment(1.0);
-        ClientGauge
+        clients.0.fetch_add(1, Ordering::AcqRel);
+        clients.1.notify_one();
+        ClientGauge(clients)
     }
 }
 
 impl Drop for ClientGauge {
     fn drop(&mut self) {
         metrics::gauge!("gito_live_clients").decrement(1.0);
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.1.notify_one();
     }
 }
 

@@ -1,4 +1,6 @@
-//! Long waits are bounded and dead peers are noticed: a WebSocket closes within a second of its
+//! A replica takes telemetry from the broker only while a WebSocket client watches, and a socket
+//! gets every message published once it is open. Long waits are bounded and dead peers are
+//! noticed: a WebSocket closes within a second of its
 //! token's revocation on any replica, a client that stops reading is dropped without holding up
 //! the others, the token listener's connection is replaced when it dies (even without a word,
 //! as a half-open TCP connection does), a pooled connection that dies costs at most its request
@@ -115,6 +117,104 @@ async fn listener_pid(pool: &PgPool, db: &str, not: Option<i32>) -> i32 {
     })
     .await;
     found.expect("the token listener's connection within 10 s")
+}
+
+/// The latest `$SYS/broker/subscriptions/count` of a broker started with `sys_interval 1`
+/// (this watcher's own subscription included).
+struct Subscriptions {
+    count: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriptions {
+    fn watch(broker: &Broker) -> Subscriptions {
+        let url: gito_runtime::mqtt::MqttUrl = broker.url().parse().expect("broker URL");
+        let options = url.options(&format!("sys-watcher-{}", Uuid::new_v4().simple()));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        let count = Arc::new(AtomicUsize::new(usize::MAX));
+        let task = tokio::spawn({
+            let count = count.clone();
+            async move {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                            let _ = client.try_subscribe(
+                                "$SYS/broker/subscriptions/count",
+                                rumqttc::QoS::AtMostOnce,
+                            );
+                        }
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                            if let Some(n) = std::str::from_utf8(&p.payload)
+                                .ok()
+                                .and_then(|s| s.trim().parse().ok())
+                            {
+                                count.store(n, Ordering::SeqCst);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        });
+        Subscriptions { count, task }
+    }
+
+    async fn until(&self, n: usize, what: &str) {
+        wait_for(Duration::from_secs(15), what, || async {
+            self.count.load(Ordering::SeqCst) == n
+        })
+        .await;
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_reaches_a_replica_only_while_a_websocket_watches_and_from_the_moment_it_opens() {
+    let db = TestDb::migrated().await;
+    let broker = Broker::start_with("sys_interval 1\n").await;
+    let api = live_replica(&db.url, &broker).await;
+    let tenant = api.tenant("t").await;
+    let token = api.token_for(tenant).await;
+    let subscriptions = Subscriptions::watch(&broker);
+    // Nobody watching: the replica takes alerts and connectivity only (one subscription; the
+    // other is the watcher's own).
+    subscriptions
+        .until(2, "the replica subscribed to alerts only")
+        .await;
+
+    let mut ws = open(api.addr, tenant, &token).await;
+    assert_eq!(
+        subscriptions.count.load(Ordering::SeqCst),
+        2,
+        "$SYS lags a second behind"
+    );
+    // The socket is open: the very next message reaches it, no retry.
+    publish_all(&broker.url(), vec![telemetry(tenant)]).await;
+    match timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => assert!(text.contains("\"telemetry\""), "{text}"),
+        other => panic!("the first message after the socket opened: {other:?}"),
+    }
+    subscriptions
+        .until(3, "telemetry subscribed while a client watches")
+        .await;
+
+    drop(ws);
+    subscriptions
+        .until(2, "telemetry left once the last client went")
+        .await;
+    // And taken again for the next client.
+    let mut again = open(api.addr, tenant, &token).await;
+    publish_all(&broker.url(), vec![telemetry(tenant)]).await;
+    match timeout(Duration::from_secs(10), again.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => assert!(text.contains("\"telemetry\""), "{text}"),
+        other => panic!("the first message for the next client: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
