@@ -7,6 +7,9 @@
 //! - A failure the data causes splits the batch in halves, each stored in its own transaction,
 //!   down to single messages: every message that can be stored is, and the one that cannot becomes
 //!   a dead letter. One bad message costs about 2·log2(batch) small transactions, not a stall.
+//! - Rows are copied (`store::Insert::Copy`) unless the batch holds a redelivery or a batch met
+//!   rows stored before in the last `MERGE_AFTER_DUPLICATES`; a copy that meets one is rolled back
+//!   and the same messages merged at once, which skips the rows stored before.
 //! - A foreign-key violation first re-reads the batch's devices past the cache: a device deleted
 //!   since it was looked up is then unknown, its messages dead letters, and the rest is retried.
 //! - Invalid messages and unknown devices are dead letters too: nothing received is dropped.
@@ -29,7 +32,7 @@ use super::devices::{DeviceCache, DeviceInfo, Known};
 use super::failure::{self, is_foreign_key_violation, is_transient};
 use super::heard;
 use super::metrics_seen::MetricsSeen;
-use super::store::{self, Checked, Stored};
+use super::store::{self, Checked, Insert, Stored};
 use crate::status::{Health, PROCESSOR};
 
 /// One valid message: its topic and its envelope.
@@ -85,6 +88,10 @@ fn device_of<'a>(telemetry: &Telemetry, known: &'a Known) -> Option<&'a DeviceIn
         .filter(|d| d.tenant_id == telemetry.topic.tenant_id)
 }
 
+/// After a batch met rows stored before, batches merge for this long: redeliveries come in bursts
+/// (a reconnect, a bridge replaying its spool), and each copy that meets one is a wasted statement.
+const MERGE_AFTER_DUPLICATES: Duration = Duration::from_secs(10);
+
 /// What processing batches needs, kept across batches.
 pub struct Batcher {
     pub pool: PgPool,
@@ -98,6 +105,8 @@ pub struct Batcher {
     metrics_seen: MetricsSeen,
     /// `ProcessorConfig::retention_days`: for tenants without their own.
     retention_days: Option<u32>,
+    /// Until when batches merge instead of copying (`MERGE_AFTER_DUPLICATES`).
+    merge_until: Option<Instant>,
 }
 
 impl Batcher {
@@ -118,6 +127,7 @@ impl Batcher {
             isolation_logged: false,
             metrics_seen: MetricsSeen::default(),
             retention_days,
+            merge_until: None,
         }
     }
 
@@ -194,10 +204,12 @@ impl Batcher {
             if group.is_empty() {
                 continue;
             }
+            let redelivered = range.clone().any(|i| alive[i] && good[i].0.publish.dup);
             let mut retry = Retry::new(self);
             let error = loop {
                 let started = Instant::now();
-                match store_in_transaction(&self.pool, &group, self.retention_days).await {
+                let how = self.insert(redelivered);
+                match store_in_transaction(&self.pool, &group, self.retention_days, how).await {
                     Ok(stored) => {
                         metrics::histogram!("gito_processor_commit_duration_seconds")
                             .record(started.elapsed().as_secs_f64());
@@ -205,6 +217,9 @@ impl Batcher {
                         self.count(&stored);
                         events.extend(stored.events);
                         break None;
+                    }
+                    Err(e) if how == Insert::Copy && store::is_stored_before(&e) => {
+                        self.merge_until = Some(Instant::now() + MERGE_AFTER_DUPLICATES);
                     }
                     Err(e) if is_transient(&e) => {
                         if !retry.wait("storing a batch", &e).await {
@@ -246,6 +261,17 @@ impl Batcher {
             pending.push((range.start..middle, false));
         }
         Some(events)
+    }
+
+    /// How to insert a group: merge if it holds a redelivery or a batch met rows stored before
+    /// lately, copy otherwise.
+    fn insert(&self, redelivered: bool) -> Insert {
+        let merging = self.merge_until.is_some_and(|until| Instant::now() < until);
+        if redelivered || merging {
+            Insert::Merge
+        } else {
+            Insert::Copy
+        }
     }
 
     /// Re-reads the devices of `range` from the database; the messages of those that no longer
@@ -407,9 +433,10 @@ async fn store_in_transaction(
     pool: &PgPool,
     group: &[Checked<'_>],
     retention_days: Option<u32>,
+    how: Insert,
 ) -> Result<Stored, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let mut stored = store::store(&mut tx, group, retention_days).await?;
+    let mut stored = store::store(&mut tx, group, retention_days, how).await?;
     let devices = group
         .iter()
         .map(|c| (c.device_id, c.device.tenant_id))

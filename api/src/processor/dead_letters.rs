@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::batch::{self, Telemetry};
 use super::devices;
 use super::failure::{self, is_transient};
-use super::store::{self, Checked};
+use super::store::{self, Checked, Insert};
 
 /// Why a message became a dead letter; `as_str` is what the table, the API and the counters say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -241,7 +241,14 @@ pub async fn replay(
                         };
                         // A savepoint: a failing message leaves the others' work in place.
                         let mut savepoint = tx.begin().await?;
-                        match store::store(&mut savepoint, &[checked], retention_days).await {
+                        match store::store(
+                            &mut savepoint,
+                            &[checked],
+                            retention_days,
+                            Insert::Merge,
+                        )
+                        .await
+                        {
                             Ok(_) => {
                                 savepoint.commit().await?;
                                 None

@@ -229,6 +229,54 @@ async fn unknown_devices_other_tenants_and_malformed_envelopes_become_dead_lette
     );
 }
 
+/// New rows are copied, and a copy cannot skip a row stored before: one published again (as a
+/// bridge replaying its spool does, without MQTT's DUP flag) fails it, and the processor must then
+/// merge the same messages: the row is not stored twice and the message is no dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_published_again_after_it_was_stored_adds_nothing_and_is_no_dead_letter() {
+    let stack = Stack::start().await;
+    let (tenant, device) = stack.tenant_and_device().await;
+    let first = envelope("2026-11-24T10:00:00Z", json!({ "v": 1.0, "w": 2.0 }));
+    publish_all(
+        &stack.broker.url(),
+        vec![(topic(tenant, device), first.clone())],
+    )
+    .await;
+    wait_for(Duration::from_secs(15), "the first rows", || async {
+        stack.rows().await == 2
+    })
+    .await;
+    publish_all(
+        &stack.broker.url(),
+        vec![
+            (topic(tenant, device), first),
+            (
+                topic(tenant, device),
+                envelope("2026-11-24T10:00:01Z", json!({ "v": 3.0 })),
+            ),
+        ],
+    )
+    .await;
+    wait_for(Duration::from_secs(15), "the new row", || async {
+        stack.rows().await >= 3
+    })
+    .await;
+    assert_eq!(
+        stack.rows().await,
+        3,
+        "the envelope published again added no row"
+    );
+    let mut conn = stack.db.connect().await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(
+        dead, 0,
+        "a row stored before is no reason for a dead letter"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_a_device_types_schema_does_not_expect_are_stored_but_flagged() {
     let stack = Stack::start().await;

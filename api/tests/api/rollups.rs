@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use gito_api::processor::devices::{self, DeviceInfo};
-use gito_api::processor::store::{self, Checked};
+use gito_api::processor::store::{self, Checked, Insert};
 use gito_api::rollups::{self, Step};
 use gito_testkit::{Broker, Scrape, TestDb, publish_all, wait_for};
 use gito_wire::{Envelope, MetricValue};
@@ -56,7 +56,8 @@ async fn devices(conn: &mut PgConnection, n: usize) -> Vec<Uuid> {
     ids
 }
 
-/// Stores `messages` (device, envelope) in one transaction through the processor's storing path.
+/// Stores `messages` (device, envelope) in one transaction through the processor's storing path,
+/// as the processor does: copied, and merged instead if some were stored before.
 async fn store_all(conn: &mut PgConnection, messages: &[(Uuid, Envelope)]) -> store::Stored {
     let ids: Vec<Uuid> = messages.iter().map(|(d, _)| *d).collect();
     let known: HashMap<Uuid, DeviceInfo> = devices::fetch(&mut *conn, &ids).await.expect("devices");
@@ -69,7 +70,18 @@ async fn store_all(conn: &mut PgConnection, messages: &[(Uuid, Envelope)]) -> st
         })
         .collect();
     let mut tx = conn.begin().await.expect("begin");
-    let stored = store::store(&mut tx, &checked, None).await.expect("store");
+    match store::store(&mut tx, &checked, None, Insert::Copy).await {
+        Ok(stored) => {
+            tx.commit().await.expect("commit");
+            return stored;
+        }
+        Err(e) if store::is_stored_before(&e) => tx.rollback().await.expect("rollback"),
+        Err(e) => panic!("store: {e}"),
+    }
+    let mut tx = conn.begin().await.expect("begin");
+    let stored = store::store(&mut tx, &checked, None, Insert::Merge)
+        .await
+        .expect("store");
     tx.commit().await.expect("commit");
     stored
 }
@@ -744,4 +756,91 @@ async fn samples_older_than_the_retention_are_counted_and_not_stored() {
         .await
         .expect("pending");
     assert_eq!(pending, 0, "every logged minute recomputed");
+}
+
+/// The processor copies rows it expects to be new (`Insert::Copy`, binary `COPY`) and merges
+/// otherwise: a row must come out of both the same, to the microsecond, or the redelivery of a
+/// copied row would be stored twice; and both log the same late minutes for the follower.
+#[tokio::test]
+async fn a_copied_row_equals_its_merged_twin_and_its_redelivery_stores_nothing() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connect().await;
+    let ids = devices(&mut conn, 2).await;
+    let times = [
+        base() + time::Duration::nanoseconds(123_456_789),
+        // Half a microsecond before PostgreSQL's epoch, and before the Unix epoch.
+        OffsetDateTime::from_unix_timestamp_nanos(946_684_799_999_999_500).expect("a time"),
+        OffsetDateTime::from_unix_timestamp_nanos(-1_500).expect("a time"),
+        OffsetDateTime::now_utc() + time::Duration::minutes(5),
+    ];
+    let rows = |device: Uuid| {
+        let mut rows = store::Rows::default();
+        for (i, ts) in times.iter().enumerate() {
+            for (metric, value, json, flagged) in [
+                ("n", Some(-0.1 * i as f64), None, false),
+                ("on", Some(1.0), Some(json!(true)), true),
+                ("mode", None, Some(json!("a \"quoted\" ünïcode\n")), false),
+            ] {
+                rows.device_id.push(device);
+                rows.ts.push(*ts);
+                rows.metric.push(metric.to_owned());
+                rows.value.push(value);
+                rows.value_json.push(json);
+                rows.flagged.push(flagged);
+            }
+        }
+        rows
+    };
+    for (device, how) in [(ids[0], Insert::Copy), (ids[1], Insert::Merge)] {
+        let mut tx = conn.begin().await.expect("begin");
+        let inserted = store::insert(&mut tx, &rows(device), how)
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+        assert_eq!(inserted, 12, "{how:?} inserts every row");
+    }
+    let stored = |device: Uuid| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT format('%s %s %s %s %s', ts, metric, value, value_json, flagged)
+             FROM telemetry WHERE device_id = $1 ORDER BY ts, metric",
+        )
+        .bind(device)
+    };
+    let copied = stored(ids[0]).fetch_all(&mut conn).await.expect("rows");
+    assert_eq!(copied.len(), 12);
+    assert_eq!(
+        copied,
+        stored(ids[1]).fetch_all(&mut conn).await.expect("rows")
+    );
+    let late = |device: Uuid| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT format('%s %s', metric, bucket) FROM telemetry_rollup_invalidations
+             WHERE device_id = $1 ORDER BY bucket, metric",
+        )
+        .bind(device)
+    };
+    let logged = late(ids[0]).fetch_all(&mut conn).await.expect("log");
+    // Three times behind the follower's edge, two numeric metrics each; the fourth is ahead.
+    assert_eq!(logged.len(), 6, "{logged:?}");
+    assert_eq!(
+        logged,
+        late(ids[1]).fetch_all(&mut conn).await.expect("log")
+    );
+
+    let mut tx = conn.begin().await.expect("begin");
+    let error = store::insert(&mut tx, &rows(ids[0]), Insert::Copy)
+        .await
+        .expect_err("a copy of rows stored before fails");
+    assert!(store::is_stored_before(&error), "{error}");
+    tx.rollback().await.expect("rollback");
+    let mut tx = conn.begin().await.expect("begin");
+    let again = store::insert(&mut tx, &rows(ids[0]), Insert::Merge)
+        .await
+        .expect("merge");
+    tx.commit().await.expect("commit");
+    assert_eq!(again, 0, "the copied rows' keys are the merged rows' keys");
+    assert_eq!(
+        late(ids[0]).fetch_all(&mut conn).await.expect("log"),
+        logged
+    );
 }
