@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use gito_testkit::{Broker, TestDb, publish_all};
 
 use crate::mqtt::Counter;
-use crate::procs::Stats;
+use crate::procs::{Meter, Source, Stats};
 use crate::stack;
 
 pub struct BridgeResult {
@@ -37,8 +37,17 @@ fn messages(n: u64, devices: u64) -> Vec<(String, Vec<u8>)> {
 }
 
 pub async fn run(n: u64, devices: u64) -> anyhow::Result<BridgeResult> {
-    let mosquitto_per_sec = mosquitto_bridge(n, devices).await?;
-    gito_side(n, devices, mosquitto_per_sec).await
+    let mosquitto = mosquitto_bridge(n, devices).await?;
+    gito_side(n, devices, mosquitto.per_sec).await
+}
+
+/// Mosquitto's own bridge between two brokers, alone: the reference of every pipeline figure.
+#[derive(Debug, Clone, Copy)]
+pub struct Reference {
+    pub per_sec: f64,
+    /// Both brokers' CPU seconds per 1000 messages: what the reference spends of the cores that
+    /// the pipeline shares among five processes.
+    pub cpu_per_1000: f64,
 }
 
 /// gito-bridge's side, beside a Mosquitto figure measured before.
@@ -81,8 +90,8 @@ async fn timed(
 /// of 20 is also what it offers MQTT 5 clients as their receive maximum).
 const LOCAL_AS_SHIPPED: &str = "max_inflight_messages 2000\n";
 
-/// Messages/s through Mosquitto's own bridge alone: the reference of every pipeline figure.
-pub async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<f64> {
+/// Messages/s through Mosquitto's own bridge alone, and what it cost both brokers.
+pub async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<Reference> {
     let external = Broker::start().await;
     let bridge = format!(
         "connection reference\naddress 127.0.0.1:{}\ntopic # in 1\ncleansession false\nremote_clientid mosquitto-bridge\n",
@@ -101,12 +110,26 @@ pub async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<f64> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let base = counter.wait_for(u64::MAX, Duration::from_millis(500)).await;
-    let (rate, arrived) = timed(external.port, &counter, base, n, devices).await?;
+    let meter = Meter::new(vec![
+        ("mosquitto (external)", Source::Listener(external.port)),
+        ("mosquitto (local)", Source::Listener(local.port)),
+    ]);
+    let before = meter.snapshot();
+    let (per_sec, arrived) = timed(external.port, &counter, base, n, devices).await?;
+    let cpu_secs: f64 = meter
+        .snapshot()
+        .since(&before)
+        .iter()
+        .map(|u| u.cpu_secs)
+        .sum();
     anyhow::ensure!(
         arrived == n,
         "mosquitto's bridge delivered {arrived} of {n}"
     );
-    Ok(rate)
+    Ok(Reference {
+        per_sec,
+        cpu_per_1000: cpu_secs / n as f64 * 1000.0,
+    })
 }
 
 async fn gito_bridge(n: u64, devices: u64) -> anyhow::Result<(f64, u64, Stats)> {

@@ -230,9 +230,10 @@ async fn all(smoke: bool, million: bool, out: &std::path::Path) -> anyhow::Resul
     }
     // Mosquitto's bridge alone: the reference of the bridge leg and of the pipeline.
     let (n, devices) = sizes.bridge;
-    let bridge = bridge::gito_side(n, devices, bridge::mosquitto_bridge(n, devices).await?).await?;
+    let mosquitto = bridge::mosquitto_bridge(n, devices).await?;
+    let bridge = bridge::gito_side(n, devices, mosquitto.per_sec).await?;
     done("bridge");
-    let scale = scale::run(&fleet_sizes, sizes.scale_seconds, bridge.mosquitto_per_sec).await?;
+    let scale = scale::run(&fleet_sizes, sizes.scale_seconds, mosquitto).await?;
     sections.push(("Scale: the pipeline at each fleet size", scale.rows()));
     done("scale");
     let discover = discover::run(sizes.discover).await?;
