@@ -338,6 +338,10 @@ pub struct MqttConfig {
     /// Milliseconds a batch waits to fill up.
     #[arg(long, env = "GITO_PROCESSOR_FLUSH_MS", default_value_t = 5)]
     pub flush_ms: u64,
+    /// Batches stored at once: each device's messages go to one of this many workers, each
+    /// storing one batch at a time.
+    #[arg(long, env = "GITO_PROCESSOR_WORKERS", default_value_t = 1)]
+    pub processor_workers: usize,
 }
 
 impl MqttConfig {
@@ -349,6 +353,7 @@ impl MqttConfig {
             max_rows: self.batch_max_rows.max(1),
             max_bytes: self.batch_max_bytes.max(1),
             flush_after: Duration::from_millis(self.flush_ms),
+            workers: self.processor_workers.max(1),
         }
     }
 }

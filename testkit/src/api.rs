@@ -44,6 +44,7 @@ pub fn serve_config(db_url: &str, addr: SocketAddr) -> ServeConfig {
             batch_max_rows: 20_000,
             batch_max_bytes: 8 * 1024 * 1024,
             flush_ms: 5,
+            processor_workers: 2,
         },
         storage: Default::default(),
     }

@@ -29,6 +29,7 @@ use gito_wire::{AlertsTopic, DeviceEvent, DeviceEventsTopic, LiveEvent};
 use rumqttc::{AsyncClient, MqttOptions, Publish, QoS};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -53,13 +54,18 @@ pub struct ProcessorConfig {
     pub flush_after: Duration,
     /// Days of telemetry kept for tenants without their own `retention_days`; `None`: forever.
     pub retention_days: Option<u32>,
+    /// Batches stored at once, each by a worker of its own (one transaction at a time) that gets
+    /// every message of its share of the devices: while one batch is in PostgreSQL, the next is
+    /// collected and prepared beside it, and a device's values still meet its alert rules in the
+    /// order they came.
+    pub workers: usize,
 }
 
 /// How often the device listener is checked when no batch does it.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// Runs until `shutdown`; then finishes the batch at hand and acknowledges it. An error when the
-/// broker connection ended for good (see `intake`).
+/// Runs until `shutdown`; then each worker finishes the batch at hand and acknowledges it. An
+/// error when the broker connection ended for good (see `intake`).
 pub async fn run(
     config: ProcessorConfig,
     pool: PgPool,
@@ -82,72 +88,55 @@ pub async fn run(
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(mqtt::acker(client.clone(), acks_rx));
     let counters = Arc::new(Counters::default());
-    let mut batcher = Batcher::new(
-        pool.clone(),
-        counters.clone(),
-        shutdown.clone(),
-        health.clone(),
-        config.retention_days,
-    );
-    let mut watch = DeviceWatch::new(&pool);
-    let deleted = watch.sync(&mut batcher.cache).await;
-    announce(&client, &counters, deleted);
+    let mut queues = Vec::new();
+    let mut workers = JoinSet::new();
+    for index in 0..config.workers.max(1) {
+        let (queue, messages) = mpsc::channel(config.batch_size * 2);
+        queues.push(queue);
+        let worker = Worker {
+            index,
+            messages,
+            client: client.clone(),
+            acks: acks_tx.clone(),
+            counters: counters.clone(),
+        };
+        workers.spawn(worker.run(
+            config.clone(),
+            pool.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(acks_tx);
     health.up(status::PROCESSOR);
-    tracing::info!(subscription = PROCESSOR_SUBSCRIPTION, "processor running");
-
-    let mut stats = tokio::time::interval(Duration::from_secs(60));
-    stats.tick().await;
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    heartbeat.tick().await;
-    // A message that did not fit into the previous batch starts the next one.
-    let mut carried: Option<Incoming> = None;
+    tracing::info!(
+        subscription = PROCESSOR_SUBSCRIPTION,
+        workers = queues.len(),
+        "processor running"
+    );
+    // Each device's messages go to one worker, in the order they came: its values meet its alert
+    // rules in that order, as with a single loop.
     loop {
-        let first = match carried.take() {
-            Some(message) if !shutdown.is_cancelled() => message,
-            Some(_) => break,
-            None => tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = stats.tick() => {
-                    tracing::info!(counters = counters.summary(), "processor counters");
-                    batcher.new_interval();
-                    continue;
-                }
-                _ = heartbeat.tick() => {
-                    let deleted = watch.sync(&mut batcher.cache).await;
-                    announce(&client, &counters, deleted);
-                    continue;
-                }
-                deleted = watch.next(&mut batcher.cache) => {
-                    announce(&client, &counters, deleted);
-                    continue;
-                }
-                first = messages.recv() => match first {
-                    Some(m) => Incoming::new(m),
-                    None => break,
-                },
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = messages.recv() => match message {
+                Some(message) => message,
+                None => break,
             },
         };
-        let (batch, next) = collect(first, &mut messages, &config).await;
-        carried = next;
-        tracing::debug!(
-            messages = batch.len(),
-            rows = batch.iter().map(Incoming::rows).sum::<usize>(),
-            bytes = batch.iter().map(Incoming::bytes).sum::<usize>(),
-            "batch"
-        );
-        // The cache as of now: a change committed before this batch applies to it.
-        let deleted = watch.sync(&mut batcher.cache).await;
-        announce(&client, &counters, deleted);
-        // Shutdown while retrying leaves the batch to the broker's redelivery.
-        let Some(events) = batcher.process(&batch).await else {
-            break;
-        };
-        for event in &events {
-            publish(&client, event);
+        let queue = &queues[worker_of(&message.topic, queues.len())];
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            sent = queue.send(message) => if sent.is_err() {
+                break;
+            },
         }
-        for message in &batch {
-            let _ = acks_tx.send(Ack::of(&message.publish));
+    }
+    // Without shutdown (the broker connection ended for good), the workers store what they hold.
+    drop(queues);
+    while let Some(ended) = workers.join_next().await {
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "a processor worker panicked");
         }
     }
     intake.cancel();
@@ -155,7 +144,6 @@ pub async fn run(
     // in-flight window can be larger): closing the queue frees it to send our acks and the
     // disconnect. What it held is redelivered to the next processor.
     drop(messages);
-    drop(acks_tx);
     let _ = acker.await;
     let _ = client.disconnect().await;
     let polled = match tokio::time::timeout(Duration::from_secs(2), &mut poller).await {
@@ -168,6 +156,112 @@ pub async fn run(
     health.down(status::PROCESSOR, "stopped");
     tracing::info!(counters = counters.summary(), "processor stopped");
     polled
+}
+
+/// The worker of a telemetry topic: the same topic (a device) always goes to the same one.
+fn worker_of(topic: &str, workers: usize) -> usize {
+    use std::hash::Hasher as _;
+    // SipHash with fixed keys: the same answer for a topic for the life of the process.
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(topic.as_bytes());
+    (hasher.finish() % workers as u64) as usize
+}
+
+/// One of the processor's loops: its devices' messages, in batches, one transaction at a time,
+/// with its own device cache kept exact by its own listener.
+struct Worker {
+    index: usize,
+    messages: mpsc::Receiver<Publish>,
+    client: AsyncClient,
+    acks: mpsc::UnboundedSender<Ack>,
+    counters: Arc<Counters>,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        config: ProcessorConfig,
+        pool: PgPool,
+        health: Health,
+        shutdown: CancellationToken,
+    ) {
+        let mut batcher = Batcher::new(
+            pool.clone(),
+            self.counters.clone(),
+            shutdown.clone(),
+            health,
+            config.retention_days,
+        );
+        let mut watch = DeviceWatch::new(&pool);
+        let deleted = watch.sync(&mut batcher.cache).await;
+        self.announce(deleted);
+        let mut stats = tokio::time::interval(Duration::from_secs(60));
+        stats.tick().await;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        // A message that did not fit into the previous batch starts the next one.
+        let mut carried: Option<Incoming> = None;
+        loop {
+            let first = match carried.take() {
+                Some(message) if !shutdown.is_cancelled() => message,
+                Some(_) => break,
+                None => tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = stats.tick() => {
+                        // The counters are the process's: the first worker logs them.
+                        if self.index == 0 {
+                            tracing::info!(counters = self.counters.summary(), "processor counters");
+                        }
+                        batcher.new_interval();
+                        continue;
+                    }
+                    _ = heartbeat.tick() => {
+                        let deleted = watch.sync(&mut batcher.cache).await;
+                        self.announce(deleted);
+                        continue;
+                    }
+                    deleted = watch.next(&mut batcher.cache) => {
+                        self.announce(deleted);
+                        continue;
+                    }
+                    first = self.messages.recv() => match first {
+                        Some(m) => Incoming::new(m),
+                        None => break,
+                    },
+                },
+            };
+            let (batch, next) = collect(first, &mut self.messages, &config).await;
+            carried = next;
+            tracing::debug!(
+                worker = self.index,
+                messages = batch.len(),
+                rows = batch.iter().map(Incoming::rows).sum::<usize>(),
+                bytes = batch.iter().map(Incoming::bytes).sum::<usize>(),
+                "batch"
+            );
+            // The cache as of now: a change committed before this batch applies to it.
+            let deleted = watch.sync(&mut batcher.cache).await;
+            self.announce(deleted);
+            // Shutdown while retrying leaves the batch to the broker's redelivery.
+            let Some(events) = batcher.process(&batch).await else {
+                break;
+            };
+            for event in &events {
+                publish(&self.client, event);
+            }
+            for message in &batch {
+                let _ = self.acks.send(Ack::of(&message.publish));
+            }
+        }
+    }
+
+    /// Every worker's listener hears each deletion: the first worker announces it.
+    fn announce(&self, deleted: Vec<Deleted>) {
+        if self.index == 0 {
+            announce(&self.client, &self.counters, deleted);
+        }
+    }
 }
 
 /// Announces a live event (an alert or connectivity change) on its tenant's events topic
@@ -261,6 +355,7 @@ mod tests {
             max_bytes,
             flush_after: Duration::from_millis(50),
             retention_days: None,
+            workers: 1,
         }
     }
 
@@ -300,6 +395,34 @@ mod tests {
             cut.push(batch.iter().map(Incoming::rows).collect());
         }
         cut
+    }
+
+    #[test]
+    fn a_devices_topic_always_goes_to_the_same_worker_and_devices_spread_over_all() {
+        let topics: Vec<String> = (0..1000)
+            .map(|_| {
+                format!(
+                    "{}/devices/{}/telemetry",
+                    uuid::Uuid::now_v7(),
+                    uuid::Uuid::now_v7()
+                )
+            })
+            .collect();
+        for workers in [1, 2, 3] {
+            let mut per_worker = vec![0; workers];
+            for topic in &topics {
+                let worker = worker_of(topic, workers);
+                assert_eq!(worker, worker_of(topic, workers), "{topic}");
+                per_worker[worker] += 1;
+            }
+            let fair = 1000 / workers;
+            assert!(
+                per_worker
+                    .iter()
+                    .all(|n| n * 10 > fair * 8 && n * 10 < fair * 12),
+                "{workers} workers: {per_worker:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -691,7 +691,7 @@ async fn a_device_type_change_applies_to_the_very_next_message_even_after_the_li
     .fetch_one(&mut conn)
     .await
     .expect("terminate");
-    assert_eq!(killed, 1, "one listener");
+    assert_eq!(killed, 2, "one listener per processor worker");
     classify(strict).await;
     let (status, _) = stack
         .api
