@@ -134,9 +134,10 @@ pub async fn run(
     }
     // Without shutdown (the broker connection ended for good), the workers store what they hold.
     drop(queues);
+    let mut panicked = None;
     while let Some(ended) = workers.join_next().await {
         if let Err(e) = ended {
-            tracing::error!(error = %e, "a processor worker panicked");
+            panicked = Some(anyhow!("a processor worker panicked: {e}"));
         }
     }
     intake.cancel();
@@ -155,7 +156,10 @@ pub async fn run(
     };
     health.down(status::PROCESSOR, "stopped");
     tracing::info!(counters = counters.summary(), "processor stopped");
-    polled
+    match panicked {
+        Some(e) => Err(e),
+        None => polled,
+    }
 }
 
 /// The worker of a telemetry topic: the same topic (a device) always goes to the same one.
