@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use gito_testkit::{Broker, TestDb, publish_all};
 
 use crate::mqtt::Counter;
-use crate::procs::{Meter, Source, Stats};
+use crate::procs::{Meter, Source, Stats, per_1000};
 use crate::stack;
 
 pub struct BridgeResult {
@@ -63,7 +63,7 @@ pub async fn gito_side(
         mosquitto_per_sec,
         gito_per_sec,
         gito_lost,
-        gito_cpu_per_1000: stats.cpu_secs / n as f64 * 1000.0,
+        gito_cpu_per_1000: per_1000(stats.cpu_secs, n),
         gito_peak_rss_mib: stats.peak_rss_mib,
     })
 }
@@ -128,7 +128,7 @@ pub async fn mosquitto_bridge(n: u64, devices: u64) -> anyhow::Result<Reference>
     );
     Ok(Reference {
         per_sec,
-        cpu_per_1000: cpu_secs / n as f64 * 1000.0,
+        cpu_per_1000: per_1000(cpu_secs, n),
     })
 }
 

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgConnection};
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::procs::{Process, Stats};
+use crate::procs::{Process, Stats, per_1000};
 use crate::stack;
 
 pub struct ProcessorResult {
@@ -130,7 +130,7 @@ async fn stored_by(
     Ok(Run {
         workers,
         rows_per_sec: messages as f64 / elapsed.as_secs_f64(),
-        cpu_per_1000: stats.cpu_secs / messages as f64 * 1000.0,
+        cpu_per_1000: per_1000(stats.cpu_secs, messages),
         peak_rss_mib: stats.peak_rss_mib,
     })
 }

@@ -79,6 +79,11 @@ impl Process {
     }
 }
 
+/// CPU seconds per 1000 messages: how every bench states a process's cost.
+pub fn per_1000(cpu_secs: f64, messages: u64) -> f64 {
+    cpu_secs / messages.max(1) as f64 * 1000.0
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
     /// User plus system CPU time so far.

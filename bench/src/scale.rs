@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::Row;
 use crate::bridge::Reference;
 use crate::load::Load;
-use crate::procs::Usage;
+use crate::procs::{Usage, per_1000};
 use crate::stack::Fleet;
 
 pub struct Point {
@@ -100,7 +100,7 @@ pub fn usage_line(usage: &[Usage], messages: u64) -> String {
             format!(
                 "{} {:.3} s / {:.0} MiB",
                 u.part,
-                u.cpu_secs / messages.max(1) as f64 * 1000.0,
+                per_1000(u.cpu_secs, messages),
                 u.peak_rss_mib
             )
         })
@@ -153,22 +153,17 @@ impl ScaleResult {
                 );
                 // Both runs share the same cores: where each is bound by them, the ratio above
                 // cannot exceed the reference's CPU per message over the pipeline's.
-                let cpu = |part: &str| {
-                    p.usage
-                        .iter()
-                        .filter(|u| part.is_empty() || u.part == part)
-                        .map(|u| u.cpu_secs)
-                        .sum::<f64>()
-                        / p.published.max(1) as f64
-                        * 1000.0
+                let cpu = |of: fn(&Usage) -> bool| {
+                    let secs = p.usage.iter().filter(|u| of(u)).map(|u| u.cpu_secs).sum();
+                    per_1000(secs, p.published)
                 };
                 rows.push(Row::new(
                     "  CPU per 1000 msgs: Mosquitto's bridge alone (both brokers) / this pipeline (all five processes; PostgreSQL alone)",
                     format!(
                         "{:.3} s / {:.3} s; {:.3} s",
                         self.mosquitto.cpu_per_1000,
-                        cpu(""),
-                        cpu("postgres")
+                        cpu(|_| true),
+                        cpu(|u| u.part == "postgres")
                     ),
                 ));
             }
