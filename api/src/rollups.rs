@@ -173,17 +173,24 @@ impl Edges {
     }
 }
 
-/// `device_id`'s edges: where the follower stands, or earlier when one of the device's minutes
-/// waits to be recomputed (its hour and day then wait too). `None` when its rollups cannot serve
-/// at all yet (the backfill has not passed it).
-pub async fn edges(conn: &mut PgConnection, device_id: Uuid) -> Result<Option<Edges>, sqlx::Error> {
+/// The edges of `device_id`, if it is `tenant_id`'s: where the follower stands, or earlier when
+/// one of the device's minutes waits to be recomputed (its hour and day then wait too). `None`
+/// when the device is not the tenant's or its rollups cannot serve at all yet (the backfill has
+/// not passed it). The device check rides along so that a query served by a rollup costs one
+/// round trip less (`http::telemetry`).
+pub async fn edges(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    device_id: Uuid,
+) -> Result<Option<Edges>, sqlx::Error> {
     let row = sqlx::query!(
         r#"WITH m AS (
              SELECT s.hours_before, s.days_before,
                     LEAST(s.materialized_before,
                           (SELECT min(bucket) FROM telemetry_rollup_invalidations WHERE device_id = $1)) AS minute
              FROM telemetry_rollup_state s, telemetry_rollup_backfill b
-             WHERE b.done OR $1 <= b.after_device
+             WHERE (b.done OR $1 <= b.after_device)
+               AND EXISTS (SELECT 1 FROM devices WHERE tenant_id = $2 AND id = $1)
            ), h AS (
              SELECT minute, days_before,
                     LEAST(hours_before, date_bin('1 hour', minute, TIMESTAMPTZ '2000-01-01 00:00:00+00')) AS hour
@@ -192,7 +199,8 @@ pub async fn edges(conn: &mut PgConnection, device_id: Uuid) -> Result<Option<Ed
            SELECT minute AS "minute!", hour AS "hour!",
                   LEAST(days_before, date_bin('1 day', hour, TIMESTAMPTZ '2000-01-01 00:00:00+00')) AS "day!"
            FROM h"#,
-        device_id
+        device_id,
+        tenant_id
     )
     .fetch_optional(conn)
     .await?;

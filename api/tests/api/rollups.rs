@@ -346,6 +346,22 @@ async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer(
     }
     let (_, points) = app.get(&path).await;
     assert_eq!(points["source"], "raw", "unbucketed answers are raw points");
+    // The rollups' edges come with the device check: under another tenant the device is unknown.
+    let other = app.tenant("other").await;
+    for query in ["bucket=1h", "bucket=90s", ""] {
+        let (status, body) = app
+            .get(&format!(
+                "/tenants/{other}/devices/{device}/telemetry?{query}"
+            ))
+            .await;
+        assert_eq!(status, 404, "{query}: {body}");
+    }
+    assert_eq!(
+        rollups::edges(&mut conn, other, device)
+            .await
+            .expect("edges"),
+        None
+    );
 
     // A late value the follower has not recomputed yet: the rollups serve the buckets before its
     // minute, hour and day, finer pieces and raw rows the rest, and the answer is still raw rows'.
@@ -358,7 +374,7 @@ async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer(
         )],
     )
     .await;
-    let edges = rollups::edges(&mut conn, device)
+    let edges = rollups::edges(&mut conn, tenant, device)
         .await
         .expect("edges")
         .expect("backfilled");
@@ -399,7 +415,9 @@ async fn queries_take_the_coarsest_exact_rollup_and_answer_what_raw_rows_answer(
         );
     }
     catch_up(&app.db_url, OffsetDateTime::now_utc()).await;
-    let edges = rollups::edges(&mut conn, device).await.expect("edges");
+    let edges = rollups::edges(&mut conn, tenant, device)
+        .await
+        .expect("edges");
     assert!(
         edges.is_some_and(|e| e.day > late),
         "recomputed: every rollup serves past it again"
@@ -468,6 +486,11 @@ async fn the_backfill_rolls_up_rows_stored_before_014_with_merges_in_between() {
     let db = TestDb::migrated().await;
     let mut conn = db.connect().await;
     let ids = devices(&mut conn, 3).await;
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenant_id FROM devices WHERE id = $1")
+        .bind(ids[0])
+        .fetch_one(&mut conn)
+        .await
+        .expect("tenant");
     // Rows as 014 found them: in telemetry, in no rollup.
     sqlx::query(
         "INSERT INTO telemetry (device_id, ts, metric, value)
@@ -488,13 +511,13 @@ async fn the_backfill_rolls_up_rows_stored_before_014_with_merges_in_between() {
     let mut sorted = ids.clone();
     sorted.sort();
     assert!(
-        rollups::edges(&mut conn, sorted[0])
+        rollups::edges(&mut conn, tenant, sorted[0])
             .await
             .expect("edges")
             .is_some()
     );
     assert!(
-        rollups::edges(&mut conn, sorted[1])
+        rollups::edges(&mut conn, tenant, sorted[1])
             .await
             .expect("edges")
             .is_none()
@@ -522,7 +545,7 @@ async fn the_backfill_rolls_up_rows_stored_before_014_with_merges_in_between() {
         .expect("follower");
     for id in &ids {
         assert!(
-            rollups::edges(&mut conn, *id)
+            rollups::edges(&mut conn, tenant, *id)
                 .await
                 .expect("edges")
                 .is_some()
