@@ -661,6 +661,69 @@ async fn device_deletions_and_rollup_writers_take_turns() {
     assert_eq!(left, 0);
 }
 
+/// Migration 021: the rollups hold no foreign key to `devices`; a trigger deletes a deleted
+/// device's rollup rows, whether the device went by id or with its tenant, and no other device's.
+#[tokio::test]
+async fn a_deleted_devices_rollups_go_with_it_and_no_other_devices() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connect().await;
+    let mine = devices(&mut conn, 2).await;
+    let theirs = devices(&mut conn, 1).await;
+    for (table, width) in TABLES {
+        let sql = format!(
+            "INSERT INTO {table} (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+             SELECT d, m, $2 + i * interval '{width}', 1, 1, 1, 1, 1, $2, 1, $2
+             FROM unnest($1::uuid[]) d, unnest(ARRAY['a', 'b']) m, generate_series(0, 2) i"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind([mine[0], mine[1], theirs[0]])
+            .bind(base())
+            .execute(&mut conn)
+            .await
+            .expect("rollup rows");
+    }
+    let keys: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_constraint
+         WHERE contype = 'f' AND conrelid::regclass::text LIKE 'telemetry_rollup_%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("keys");
+    assert_eq!(keys, 0, "no foreign key checks each rollup row");
+    // Rows per device, over the three tables.
+    let rows = async |conn: &mut PgConnection, device: Uuid| -> i64 {
+        sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM telemetry_rollup_1m WHERE device_id = $1)
+                  + (SELECT count(*) FROM telemetry_rollup_1h WHERE device_id = $1)
+                  + (SELECT count(*) FROM telemetry_rollup_1d WHERE device_id = $1)",
+        )
+        .bind(device)
+        .fetch_one(conn)
+        .await
+        .expect("count")
+    };
+    assert_eq!(rows(&mut conn, mine[0]).await, 18);
+
+    sqlx::query("DELETE FROM devices WHERE id = $1")
+        .bind(mine[0])
+        .execute(&mut conn)
+        .await
+        .expect("delete by id");
+    assert_eq!(rows(&mut conn, mine[0]).await, 0, "deleted by id");
+    assert_eq!(rows(&mut conn, mine[1]).await, 18, "its neighbour's stay");
+    sqlx::query("DELETE FROM tenants WHERE id = (SELECT tenant_id FROM devices WHERE id = $1)")
+        .bind(mine[1])
+        .execute(&mut conn)
+        .await
+        .expect("delete the tenant");
+    assert_eq!(rows(&mut conn, mine[1]).await, 0, "deleted with its tenant");
+    assert_eq!(
+        rows(&mut conn, theirs[0]).await,
+        18,
+        "another tenant's stay"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_older_than_the_retention_are_counted_and_not_stored() {
     let db = TestDb::migrated().await;
