@@ -367,6 +367,34 @@ async fn two_maintainers_at_once_create_the_same_partitions_once() {
     .expect("indexes");
     assert_eq!(missing, 0, "partitions without the ts index");
     assert!(valid, "the parent's ts index is valid");
+    // And each summarizes its ranges as they fill (022), whichever way it came: 015's indexes by
+    // the migration, 013's big partition's by a round, the rounds' partitions' from creation; one
+    // BRIN index per partition (the attach adopted the maintainer's, cloned none); the rollups'
+    // bucket indexes by the migration too.
+    let unsummarized: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c
+         WHERE c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'telemetry_ts_brin'::regclass)
+            OR c.relname IN ('telemetry_rollup_1m_bucket_brin', 'telemetry_rollup_1h_bucket_brin')
+         EXCEPT
+         SELECT c.relname::text FROM pg_class c WHERE 'autosummarize=on' = ANY (c.reloptions)",
+    )
+    .fetch_all(&a)
+    .await
+    .expect("reloptions");
+    assert!(unsummarized.is_empty(), "{unsummarized:?}");
+    let brins: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT i.inhrelid::regclass::text, count(*) FROM pg_inherits i
+         JOIN pg_index ix ON ix.indrelid = i.inhrelid
+         JOIN pg_class x ON x.oid = ix.indexrelid JOIN pg_am am ON am.oid = x.relam AND am.amname = 'brin'
+         WHERE i.inhparent = 'telemetry'::regclass GROUP BY 1 HAVING count(*) <> 1",
+    )
+    .fetch_all(&a)
+    .await
+    .expect("brin indexes");
+    assert!(
+        brins.is_empty(),
+        "partitions with other than one BRIN index: {brins:?}"
+    );
     let indexed = [ra.indexed, rb.indexed, again.indexed].concat();
     assert!(
         indexed.contains(&"telemetry_legacy".to_owned()),

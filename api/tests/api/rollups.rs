@@ -724,6 +724,42 @@ async fn a_deleted_devices_rollups_go_with_it_and_no_other_devices() {
     );
 }
 
+/// The follower writes its minutes with a plain INSERT (they should hold no row); a minute that
+/// holds one anyway is written over, not a follower stopped for good on a unique violation.
+#[tokio::test]
+async fn a_minute_that_holds_a_rollup_row_already_is_written_over() {
+    let db = TestDb::migrated().await;
+    let mut conn = db.connect().await;
+    let ids = devices(&mut conn, 2).await;
+    let day = base();
+    set_edges(&mut conn, day).await;
+    let messages: Vec<(Uuid, Envelope)> = (0..6)
+        .flat_map(|i| {
+            let ts = day + time::Duration::seconds(20 * i);
+            ids.iter()
+                .map(move |d| (*d, envelope(ts, &[("t", MetricValue::Number(i as f64))])))
+        })
+        .collect();
+    store_all(&mut conn, &messages).await;
+    // A stale row in the second minute, ahead of the follower's edge.
+    sqlx::query(
+        "INSERT INTO telemetry_rollup_1m (device_id, metric, bucket, count, min, max, sum, first, first_ts, last, last_ts)
+         VALUES ($1, 't', $2, 99, -1, -1, -99, -1, $2, -1, $2)",
+    )
+    .bind(ids[1])
+    .bind(day + time::Duration::minutes(1))
+    .execute(&mut conn)
+    .await
+    .expect("a stale rollup row");
+    catch_up(&db.url, OffsetDateTime::now_utc()).await;
+    assert_rollups_exact(&mut conn).await;
+    let minutes: i64 = sqlx::query_scalar("SELECT count(*) FROM telemetry_rollup_1m")
+        .fetch_one(&mut conn)
+        .await
+        .expect("minutes");
+    assert_eq!(minutes, 4, "two devices, two minutes, one row each");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_older_than_the_retention_are_counted_and_not_stored() {
     let db = TestDb::migrated().await;
