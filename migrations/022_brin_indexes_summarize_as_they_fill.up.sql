@@ -12,19 +12,15 @@
 -- `GITO_MIGRATION_LOCK_TIMEOUT`. The partitioned index `telemetry_ts_brin` itself takes no storage
 -- parameter (PostgreSQL refuses one): each partition's index gets it, and the maintainer creates
 -- each new partition's with it (api/src/partitions.rs).
+ALTER INDEX telemetry_rollup_1m_bucket_brin SET (autosummarize = on);
+ALTER INDEX telemetry_rollup_1h_bucket_brin SET (autosummarize = on);
 DO $$
 DECLARE
     index regclass;
 BEGIN
-    FOR index IN
-        SELECT i.inhrelid::regclass FROM pg_inherits i
-        WHERE i.inhparent = to_regclass('telemetry_ts_brin')
-        UNION ALL SELECT to_regclass('telemetry_rollup_1m_bucket_brin')
-        UNION ALL SELECT to_regclass('telemetry_rollup_1h_bucket_brin')
+    FOR index IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'telemetry_ts_brin'::regclass
     LOOP
-        IF index IS NOT NULL THEN
-            EXECUTE format('ALTER INDEX %s SET (autosummarize = on)', index);
-        END IF;
+        EXECUTE format('ALTER INDEX %s SET (autosummarize = on)', index);
     END LOOP;
 END
 $$;
