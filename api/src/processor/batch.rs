@@ -14,6 +14,7 @@
 //!   since it was looked up is then unknown, its messages dead letters, and the rest is retried.
 //! - Invalid messages and unknown devices are dead letters too: nothing received is dropped.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -209,8 +210,12 @@ impl Batcher {
             let error = loop {
                 let started = Instant::now();
                 let how = self.insert(redelivered);
-                match store_in_transaction(&self.pool, &group, self.retention_days, how).await {
+                let unheard = self.cache.unheard(devices_of(&group).into_keys());
+                let stored =
+                    store_in_transaction(&self.pool, &group, self.retention_days, how, &unheard);
+                match stored.await {
                     Ok(stored) => {
+                        self.cache.mark_heard(&unheard);
                         metrics::histogram!("gito_processor_commit_duration_seconds")
                             .record(started.elapsed().as_secs_f64());
                         self.committed(&group, &stored);
@@ -429,19 +434,25 @@ impl Retry {
     }
 }
 
+/// The devices of `group` (in id order), each with its tenant.
+fn devices_of(group: &[Checked<'_>]) -> BTreeMap<Uuid, Uuid> {
+    group
+        .iter()
+        .map(|c| (c.device_id, c.device.tenant_id))
+        .collect()
+}
+
 async fn store_in_transaction(
     pool: &PgPool,
     group: &[Checked<'_>],
     retention_days: Option<u32>,
     how: Insert,
+    unheard: &[Uuid],
 ) -> Result<Stored, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut stored = store::store(&mut tx, group, retention_days, how).await?;
-    let devices = group
-        .iter()
-        .map(|c| (c.device_id, c.device.tenant_id))
-        .collect();
-    stored.events.extend(heard::heard(&mut tx, &devices).await?);
+    let heard = heard::heard(&mut tx, &devices_of(group), unheard).await?;
+    stored.events.extend(heard);
     tx.commit().await?;
     Ok(stored)
 }

@@ -8,6 +8,10 @@
 //! Bounded by `MAX_ENTRIES`, with a not-recently-used policy: when full, entries not looked up
 //! since the previous sweep are dropped, and if every entry was (a working set larger than the
 //! bound), all of them; the cost is then one lookup per batch for the devices it carries.
+//!
+//! An entry also knows whether its device has a `device_connectivity` row (was heard before):
+//! such a row goes only with its device, so the processor does not try to create it again
+//! (`heard`). Read with the device, set after the commit that created it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +50,8 @@ struct Entry {
     info: Option<Arc<DeviceInfo>>,
     /// Looked up since the last sweep.
     used: bool,
+    /// The device has its `device_connectivity` row.
+    heard: bool,
 }
 
 #[derive(Debug)]
@@ -134,23 +140,53 @@ impl DeviceCache {
         }
         missing.sort_unstable();
         missing.dedup();
-        let fetched = fetch(db, &missing).await?;
+        let mut fetched = fetch_heard(db, &missing).await?;
         for id in missing {
-            let info = fetched.get(&id).cloned().map(Arc::new);
-            self.insert(id, info.clone());
+            let (info, heard) = match fetched.remove(&id) {
+                Some((info, heard)) => (Some(Arc::new(info)), heard),
+                None => (None, false),
+            };
+            self.insert(id, info.clone(), heard);
             found.insert(id, info);
         }
         Ok(found)
     }
 
-    fn insert(&mut self, id: Uuid, info: Option<Arc<DeviceInfo>>) {
+    /// Those of `ids` not known to have their `device_connectivity` row (every one while the
+    /// cache is bypassed).
+    pub fn unheard(&self, ids: impl IntoIterator<Item = Uuid>) -> Vec<Uuid> {
+        ids.into_iter()
+            .filter(|id| !self.entries.get(id).is_some_and(|e| e.heard))
+            .collect()
+    }
+
+    /// `ids` have their `device_connectivity` row: the transaction that created it committed.
+    /// (An id known to be no device has none.)
+    pub fn mark_heard(&mut self, ids: &[Uuid]) {
+        for id in ids {
+            if let Some(entry) = self.entries.get_mut(id)
+                && entry.info.is_some()
+            {
+                entry.heard = true;
+            }
+        }
+    }
+
+    fn insert(&mut self, id: Uuid, info: Option<Arc<DeviceInfo>>, heard: bool) {
         if !self.enabled {
             return;
         }
         if self.entries.len() >= self.max_entries {
             self.sweep();
         }
-        self.entries.insert(id, Entry { info, used: false });
+        self.entries.insert(
+            id,
+            Entry {
+                info,
+                used: false,
+                heard,
+            },
+        );
     }
 
     /// Drops what was not used since the last sweep; everything if all of it was.
@@ -169,12 +205,25 @@ pub async fn fetch<'e>(
     db: impl PgExecutor<'e>,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, DeviceInfo>, sqlx::Error> {
+    let fetched = fetch_heard(db, ids).await?;
+    Ok(fetched
+        .into_iter()
+        .map(|(id, (info, _))| (id, info))
+        .collect())
+}
+
+/// `fetch`, and whether each device has its `device_connectivity` row.
+async fn fetch_heard<'e>(
+    db: impl PgExecutor<'e>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, (DeviceInfo, bool)>, sqlx::Error> {
     // A join on UNNEST probes the primary key per id; `id = ANY($1)` over a table the planner
     // still thinks is small became a scan comparing every row with every id (the pipeline bench
     // at 100,000 devices: 1 s per batch).
     let rows = sqlx::query!(
         r#"SELECT d.id AS "id!", d.tenant_id AS "tenant_id!", d.device_type_id, d.device_type,
-                  t.telemetry_schema AS "schema?: Json<TelemetrySchema>"
+                  t.telemetry_schema AS "schema?: Json<TelemetrySchema>",
+                  EXISTS (SELECT 1 FROM device_connectivity c WHERE c.device_id = d.id) AS "heard!"
            FROM UNNEST($1::uuid[]) AS wanted(id)
            JOIN devices d ON d.id = wanted.id
            LEFT JOIN device_types t ON t.id = d.device_type_id"#,
@@ -200,7 +249,7 @@ pub async fn fetch<'e>(
                 device_type: row.device_type,
                 schema,
             };
-            (row.id, info)
+            (row.id, (info, row.heard))
         })
         .collect())
 }
@@ -221,10 +270,10 @@ mod tests {
     #[test]
     fn nothing_is_kept_unless_enabled_and_disabling_empties() {
         let mut cache = DeviceCache::with_capacity(10);
-        cache.insert(Uuid::now_v7(), None);
+        cache.insert(Uuid::now_v7(), None, false);
         assert!(cache.is_empty());
         cache.set_enabled(true);
-        cache.insert(Uuid::now_v7(), None);
+        cache.insert(Uuid::now_v7(), None, false);
         assert_eq!(cache.len(), 1);
         cache.set_enabled(false);
         assert!(cache.is_empty());
@@ -241,20 +290,20 @@ mod tests {
             Uuid::now_v7(),
         );
         for id in [a, b, c] {
-            cache.insert(id, None);
+            cache.insert(id, None, false);
         }
         cache.entries.get_mut(&b).expect("b").used = true;
-        cache.insert(d, None);
+        cache.insert(d, None, false);
         let mut kept: Vec<Uuid> = cache.entries.keys().copied().collect();
         kept.sort();
         assert_eq!(kept, [b, d], "a and c were not used");
         // Everything used since: all of it goes.
         let e = Uuid::now_v7();
-        cache.insert(e, None);
+        cache.insert(e, None, false);
         for entry in cache.entries.values_mut() {
             entry.used = true;
         }
-        cache.insert(Uuid::now_v7(), None);
+        cache.insert(Uuid::now_v7(), None, false);
         assert_eq!(cache.len(), 1);
     }
 
@@ -264,9 +313,9 @@ mod tests {
         cache.set_enabled(true);
         let (kind, other) = (Uuid::now_v7(), Uuid::now_v7());
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        cache.insert(a, info(Some(kind)));
-        cache.insert(b, info(Some(other)));
-        cache.insert(c, None);
+        cache.insert(a, info(Some(kind)), false);
+        cache.insert(b, info(Some(other)), false);
+        cache.insert(c, None, false);
         cache.evict_type(kind);
         assert!(!cache.entries.contains_key(&a));
         assert!(cache.entries.contains_key(&b) && cache.entries.contains_key(&c));

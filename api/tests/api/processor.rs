@@ -802,3 +802,72 @@ async fn moving_last_seen_at_keeps_each_device_row_on_its_page() {
             .expect("seen");
     assert_eq!(seen as usize, heard.len());
 }
+
+/// The processor's device cache knows which devices have their `device_connectivity` row, so
+/// that a batch probes only for the others': read with the device (a restarted processor knows
+/// the fleet it heard before), set once a batch that created the row committed, and forgotten
+/// with the entry.
+#[tokio::test]
+async fn the_device_cache_knows_which_devices_were_heard_before() {
+    use gito_api::processor::devices::DeviceCache;
+
+    let db = TestDb::migrated().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
+    let tenant = Uuid::now_v7();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, 't')")
+        .bind(tenant)
+        .execute(&pool)
+        .await
+        .expect("tenant");
+    let (heard, new, unknown) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let (heard, new) = if heard < new {
+        (heard, new)
+    } else {
+        (new, heard)
+    };
+    sqlx::query(
+        "INSERT INTO devices (id, tenant_id, name, external_id)
+         SELECT id, $1, id::text, id::text FROM UNNEST($2::uuid[]) AS id",
+    )
+    .bind(tenant)
+    .bind([heard, new])
+    .execute(&pool)
+    .await
+    .expect("devices");
+    sqlx::query(
+        "INSERT INTO device_connectivity (device_id, last_heard_at, check_at) VALUES ($1, now(), now())",
+    )
+    .bind(heard)
+    .execute(&pool)
+    .await
+    .expect("connectivity row");
+
+    let mut cache = DeviceCache::default();
+    // Bypassed (nobody listens): nothing is known, every device is probed for.
+    cache.lookup(&pool, &[heard, new]).await.expect("lookup");
+    assert_eq!(cache.unheard([heard, new]), [heard, new]);
+
+    cache.set_enabled(true);
+    let known = cache
+        .lookup(&pool, &[heard, new, unknown])
+        .await
+        .expect("lookup");
+    assert!(known[&heard].is_some() && known[&new].is_some() && known[&unknown].is_none());
+    assert_eq!(
+        cache.unheard([heard, new, unknown]),
+        [new, unknown],
+        "the row of `heard` was read with it"
+    );
+    cache.mark_heard(&[new, unknown]);
+    assert_eq!(
+        cache.unheard([heard, new, unknown]),
+        [unknown],
+        "an id that is no device never has a row"
+    );
+    cache.evict(new);
+    assert_eq!(
+        cache.unheard([heard, new]),
+        [new],
+        "forgotten with its entry"
+    );
+}
