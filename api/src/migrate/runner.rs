@@ -33,6 +33,11 @@ const APPLICATION_NAME: &str = "gito-api migrate";
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one migration statement may run unless told otherwise.
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A transactional migration that PostgreSQL aborts as a deadlock's victim (40P01) is run again
+/// this many times at most. It locks what running replicas use (a partition's index, a rollup
+/// table) and may take those locks in another order than their statements do; its transaction
+/// rolled back whole, so running it again is safe. A no-transaction migration is not retried.
+const DEADLOCK_RETRIES: u32 = 3;
 
 /// The bounds every migration runs within; a migration's `-- gito:` header overrides the two
 /// timeouts (zero: none).
@@ -608,13 +613,23 @@ pub(super) async fn apply_up(
             .await?;
         tx
     } else {
-        let mut tx = conn.begin().await?;
-        if let Err(e) = sqlx::raw_sql(m.up.clone()).execute(&mut *tx).await {
-            let error = failed(e, &watch);
-            watch.stop().await;
-            return Err(error);
+        let mut attempt = 0;
+        loop {
+            let mut tx = conn.begin().await?;
+            match sqlx::raw_sql(m.up.clone()).execute(&mut *tx).await {
+                Ok(_) => break tx,
+                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
+                    attempt += 1;
+                    tx.rollback().await?;
+                    deadlocked(m, attempt).await;
+                }
+                Err(e) => {
+                    let error = failed(e, &watch);
+                    watch.stop().await;
+                    return Err(error);
+                }
+            }
         }
-        tx
     };
     watch.stop().await;
     let elapsed_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
@@ -667,9 +682,21 @@ async fn apply_down(
         Ok(())
     };
     let mut tx = conn.begin().await?;
-    let result = match result {
-        Ok(()) if !no_tx => sqlx::raw_sql(sql.clone()).execute(&mut *tx).await.map(drop),
-        other => other,
+    let result = if no_tx {
+        result
+    } else {
+        let mut attempt = 0;
+        loop {
+            match sqlx::raw_sql(sql.clone()).execute(&mut *tx).await {
+                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => {
+                    attempt += 1;
+                    tx.rollback().await?;
+                    deadlocked(m, attempt).await;
+                    tx = conn.begin().await?;
+                }
+                other => break other.map(drop),
+            }
+        }
     };
     let blockers = watch.seen();
     watch.stop().await;
@@ -680,6 +707,23 @@ async fn apply_down(
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "40P01")
+}
+
+/// Logs a deadlock a migration lost, and pauses before it runs again (`DEADLOCK_RETRIES`).
+async fn deadlocked(m: &Migration, attempt: u32) {
+    tracing::warn!(
+        migration = %m.name,
+        attempt,
+        "PostgreSQL aborted the migration as a deadlock's victim (it locks what running replicas use, in another order); running it again"
+    );
+    tokio::time::sleep(Duration::from_millis(250) * attempt).await;
 }
 
 /// Turns a failed statement into one line: PostgreSQL's message, and its hint when it has one;

@@ -3,11 +3,12 @@
 
 use std::path::Path;
 use std::str::FromStr as _;
+use std::time::Duration;
 
 use gito_api::migrate::repair::{Action, repair};
 use gito_api::migrate::{self, Catalog, MigrateError, RunOptions};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions as _, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
 
 use crate::helpers::{TestDb, gito_api};
 
@@ -387,4 +388,83 @@ async fn repair_stamp_records_a_partly_applied_migration_as_applied_without_runn
         .await
         .expect("regclass");
     assert_eq!(built, None, "stamp ran no SQL");
+}
+
+/// A session that locks `b` and then `a` while a migration locks `a` and then `b`: the two wait
+/// for each other, and PostgreSQL aborts the migration (the session's own deadlock check is set to
+/// come later). Each transactional migration, up or down, runs again and succeeds once the session
+/// is done.
+#[tokio::test]
+async fn a_migration_aborted_as_a_deadlocks_victim_runs_again() {
+    let db = TestDb::empty().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "001_t.up.sql",
+        "CREATE TABLE a (id int); CREATE TABLE b (id int);",
+    );
+    write(
+        dir.path(),
+        "002_x.up.sql",
+        "LOCK TABLE a IN ACCESS EXCLUSIVE MODE; LOCK TABLE b IN ACCESS EXCLUSIVE MODE;
+         ALTER TABLE a ADD COLUMN x int;",
+    );
+    write(
+        dir.path(),
+        "002_x.down.sql",
+        "LOCK TABLE a IN ACCESS EXCLUSIVE MODE; LOCK TABLE b IN ACCESS EXCLUSIVE MODE;
+         ALTER TABLE a DROP COLUMN x;",
+    );
+    let catalog = Catalog::from_dir(dir.path()).await.expect("catalog");
+    migrate::up(&db.url, &catalog, Some(1)).await.expect("001");
+    let mut observer = PgConnection::connect(&db.url).await.expect("connect");
+    let columns = async |conn: &mut PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = 'a'")
+            .fetch_one(conn)
+            .await
+            .expect("columns")
+    };
+
+    for up in [true, false] {
+        let mut session = PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::raw_sql(
+            "BEGIN; SET LOCAL deadlock_timeout = '30s'; LOCK TABLE b IN ACCESS EXCLUSIVE MODE",
+        )
+        .execute(&mut session)
+        .await
+        .expect("lock b");
+        let (url, catalog) = (db.url.clone(), catalog.clone());
+        let migration = tokio::spawn(async move {
+            if up {
+                migrate::up(&url, &catalog, None).await.map(drop)
+            } else {
+                migrate::down(&url, &catalog, migrate::DownTarget::Steps(1))
+                    .await
+                    .map(drop)
+            }
+        });
+        gito_testkit::wait_for(Duration::from_secs(10), "the migration waiting for b", || {
+            let url = db.url.clone();
+            async move {
+                let mut conn = PgConnection::connect(&url).await.expect("connect");
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'b'::regclass AND NOT granted)",
+                )
+                .fetch_one(&mut conn)
+                .await
+                .expect("pg_locks")
+            }
+        })
+        .await;
+        // Within the migration's deadlock_timeout (1 s): its check finds the cycle, aborting it.
+        sqlx::raw_sql("LOCK TABLE a IN ACCESS EXCLUSIVE MODE; COMMIT")
+            .execute(&mut session)
+            .await
+            .expect("the session gets a once the migration gave it up");
+        migration
+            .await
+            .expect("joins")
+            .unwrap_or_else(|e| panic!("up: {up}: {e}"));
+        assert_eq!(columns(&mut observer).await, if up { 2 } else { 1 });
+    }
 }
