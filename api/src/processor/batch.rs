@@ -206,13 +206,24 @@ impl Batcher {
                 continue;
             }
             let redelivered = range.clone().any(|i| alive[i] && good[i].0.publish.dup);
+            // In id order, each with its tenant; those that may have no connectivity row yet.
+            let devices: BTreeMap<Uuid, Uuid> = group
+                .iter()
+                .map(|c| (c.device_id, c.device.tenant_id))
+                .collect();
+            let unheard = self.cache.unheard(devices.keys().copied());
             let mut retry = Retry::new(self);
             let error = loop {
                 let started = Instant::now();
                 let how = self.insert(redelivered);
-                let unheard = self.cache.unheard(devices_of(&group).into_keys());
-                let stored =
-                    store_in_transaction(&self.pool, &group, self.retention_days, how, &unheard);
+                let stored = store_in_transaction(
+                    &self.pool,
+                    &group,
+                    self.retention_days,
+                    how,
+                    &devices,
+                    &unheard,
+                );
                 match stored.await {
                     Ok(stored) => {
                         self.cache.mark_heard(&unheard);
@@ -434,25 +445,18 @@ impl Retry {
     }
 }
 
-/// The devices of `group` (in id order), each with its tenant.
-fn devices_of(group: &[Checked<'_>]) -> BTreeMap<Uuid, Uuid> {
-    group
-        .iter()
-        .map(|c| (c.device_id, c.device.tenant_id))
-        .collect()
-}
-
 async fn store_in_transaction(
     pool: &PgPool,
     group: &[Checked<'_>],
     retention_days: Option<u32>,
     how: Insert,
+    devices: &BTreeMap<Uuid, Uuid>,
     unheard: &[Uuid],
 ) -> Result<Stored, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut stored = store::store(&mut tx, group, retention_days, how).await?;
-    let heard = heard::heard(&mut tx, &devices_of(group), unheard).await?;
-    stored.events.extend(heard);
+    let events = heard::heard(&mut tx, devices, unheard).await?;
+    stored.events.extend(events);
     tx.commit().await?;
     Ok(stored)
 }
